@@ -1,0 +1,49 @@
+"""Shared fixtures: a local Ray instance with a fixed CPU count, and small synthetic Parquet data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from yt8m_search.data.prepare import DataPaths, synthetic_dataset
+
+# Ray workers inherit this: without it every worker would start 2 OpenMP threads on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+SMALL_CLASSES = 40
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> DataPaths:
+    """160 training and 48 validation synthetic videos over 40 classes, as Parquet shards."""
+    return synthetic_dataset(
+        tmp_path_factory.mktemp("cache"),
+        "small",
+        train_videos=160,
+        validation_videos=48,
+        shards=4,
+        seed=3,
+        num_classes=SMALL_CLASSES,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def small_tfrecords(small_data: DataPaths) -> Path:
+    return Path(small_data.train).parents[1] / "tfrecord"

@@ -1,0 +1,135 @@
+"""The per-trial trainer: recipe pieces, and real Ray Train runs (1 and 2 workers, a killed worker)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from yt8m_search import metrics, models
+from yt8m_search.data.loading import iter_video_batches, read_videos
+from yt8m_search.data.prepare import DataPaths
+from yt8m_search.train import (
+    TrainConfig,
+    clip_per_parameter_,
+    evaluate,
+    fit,
+    learning_rate,
+    load_best_model,
+    make_optimizer,
+)
+
+from .conftest import SMALL_CLASSES
+
+TINY = {"groups": 2, "clusters": 8, "hidden_size": 32, "gating_reduction": 4, "num_classes": SMALL_CLASSES}
+
+
+def _config(**overrides: object) -> TrainConfig:
+    values = dict(model="nextvlad", hparams=TINY, epochs=2, batch_size=16, eval_batch_size=32, learning_rate=2e-3,
+                  shuffle_buffer=64, cpus_per_worker=0.5)
+    values.update(overrides)
+    return TrainConfig(**values)  # type: ignore[arg-type]
+
+
+def test_learning_rate_is_a_staircase_in_examples() -> None:
+    cfg = _config(learning_rate=1e-3, lr_decay=0.5, lr_decay_examples=1000)
+    assert learning_rate(cfg, 0) == learning_rate(cfg, 999) == 1e-3
+    assert learning_rate(cfg, 1000) == 5e-4
+    assert learning_rate(cfg, 2500) == 2.5e-4
+
+
+def test_clipping_is_per_parameter_like_tf_clip_by_norm() -> None:
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.1, 0.2, 0.2])
+    clip_per_parameter_([a, b], 1.0)
+    assert torch.allclose(a.grad, torch.tensor([0.6, 0.8]))  # norm 5 -> 1
+    assert torch.allclose(b.grad, torch.tensor([0.1, 0.2, 0.2]))  # norm 0.3: untouched
+
+
+def test_l2_applies_to_the_classifier_only() -> None:
+    model = models.build("nextvlad", **TINY)
+    optimizer = make_optimizer(model, _config())
+    plain, decayed = optimizer.param_groups
+    assert decayed["weight_decay"] == 1e-5 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(p) for p in model.classifier.l2_parameters()}
+    assert len(plain["params"]) + len(decayed["params"]) == len(list(model.parameters()))
+
+
+def test_invalid_configs_list_every_problem() -> None:
+    with pytest.raises(ValueError) as info:
+        _config(epochs=0, batch_size=15, num_workers=2, hparams={"groups": 3, "colour": 1})
+    message = str(info.value)
+    assert "epochs must be >= 1" in message and "divisible by num_workers" in message and "colour" in message
+
+
+def _gap_from_predictions(path: str) -> float:
+    """GAP@20 recomputed from the saved top-20 predictions (exact: GAP only reads the top 20)."""
+    table = pq.read_table(path)
+    dense = np.zeros((table.num_rows, SMALL_CLASSES))
+    labels = np.zeros((table.num_rows, SMALL_CLASSES))
+    for i, (classes, scores, labs) in enumerate(
+        zip(table["classes"].to_pylist(), table["scores"].to_pylist(), table["labels"].to_pylist())
+    ):
+        dense[i, classes] = scores
+        labels[i, labs] = 1
+    return metrics.gap(dense, labels)
+
+
+@pytest.mark.slow
+def test_one_worker_trains_evaluates_and_saves_the_best(ray_local: None, small_data: DataPaths, tmp_path: Path) -> None:
+    cfg = _config(epochs=3, average_last=2)
+    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "one")
+    assert result.epochs == 3 and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.params == models.param_count("nextvlad", **TINY)
+    assert result.size_bytes == models.size_bytes("nextvlad", dtype="bfloat16", **TINY)
+    assert result.gap == max(h["gap"] for h in result.history)
+    last = result.history[-1]
+    for key in ("gap", "hit_at_one", "perr", "map", "val_loss", "train_loss", "samples_per_s", "learning_rate"):
+        assert np.isfinite(last[key]), key
+    assert last["val_videos"] == 48 and "averaged_gap" in last and last["averaged_epochs"] == 2
+    # the saved predictions are the best epoch's: recomputing GAP from them gives the reported value
+    assert _gap_from_predictions(result.predictions) == pytest.approx(result.gap, abs=1e-9)
+    assert pq.read_table(result.predictions).num_rows == 48
+    # the saved model reproduces its validation GAP
+    model, meta = load_best_model(result.checkpoint)
+    assert meta["epoch"] == max(result.history, key=lambda h: h["gap"])["epoch"]
+    batches = iter_video_batches(read_videos(small_data.validation), batch_size=32, num_classes=SMALL_CLASSES)
+    again = evaluate(model, batches, torch.device("cpu"), 20, SMALL_CLASSES)
+    assert metrics.MetricAccumulator.from_states([again.state]).result()["gap"] == pytest.approx(result.gap, abs=1e-6)
+    assert json.loads((tmp_path / "one" / "history.json").read_text())[-1]["epoch"] == 3
+    # learning from the planted signal: far above a random ranking
+    chance = _gap_from_random(small_data)
+    assert result.gap > chance + 0.1
+
+
+def _gap_from_random(data: DataPaths) -> float:
+    table = pq.read_table(data.validation)
+    labels = np.zeros((table.num_rows, SMALL_CLASSES))
+    for i, labs in enumerate(table["labels"].to_pylist()):
+        labels[i, labs] = 1
+    return metrics.gap(np.random.default_rng(0).random(labels.shape), labels)
+
+
+@pytest.mark.slow
+def test_two_gloo_workers_report_the_global_gap(ray_local: None, small_data: DataPaths, tmp_path: Path) -> None:
+    result = fit(_config(num_workers=2), small_data.train, small_data.validation, str(tmp_path), "two")
+    assert result.epochs == 2
+    assert result.history[-1]["val_videos"] == 48  # both workers' files, merged on rank 0
+    assert _gap_from_predictions(result.predictions) == pytest.approx(result.gap, abs=1e-9)
+    assert pq.read_table(result.predictions).num_rows == 48
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_its_checkpoint(ray_local: None, small_data: DataPaths, tmp_path: Path) -> None:
+    cfg = _config(epochs=3)
+    marker = tmp_path / "killed"
+    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(marker)}
+    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "faulty", fault=fault)
+    assert marker.exists()  # the worker really was killed mid-epoch
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]  # epoch 1 kept, epoch 2 redone once
+    steps_per_epoch = result.history[0]["examples_seen"]
+    assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]

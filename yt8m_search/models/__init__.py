@@ -1,0 +1,40 @@
+"""The model zoo: ``build(name, **hparams)``, ``param_count``, ``size_bytes``, ``list_models``.
+
+Importing this package registers every family (one module each).
+"""
+
+from yt8m_search.models import gru, mix_nextvlad, netvlad, nextvlad, nonlocal_netvlad  # noqa: F401  (registration)
+from yt8m_search.models.layers import Count, module_count
+from yt8m_search.models.registry import (
+    STORAGE_DTYPES,
+    MixtureOutput,
+    ModelOutput,
+    VideoModel,
+    build,
+    count,
+    get_spec,
+    hyperparameters,
+    list_models,
+    param_count,
+    resolve,
+    size_bytes,
+    storage_itemsize,
+)
+
+__all__ = [
+    "STORAGE_DTYPES",
+    "Count",
+    "MixtureOutput",
+    "ModelOutput",
+    "VideoModel",
+    "build",
+    "count",
+    "get_spec",
+    "hyperparameters",
+    "list_models",
+    "module_count",
+    "param_count",
+    "resolve",
+    "size_bytes",
+    "storage_itemsize",
+]

@@ -1,0 +1,280 @@
+"""Building blocks shared by the model families: TF-faithful initialisers and batch norm, the
+classifier heads (logistic, mixture of experts), the gating layers, input normalisation, the loss.
+
+Every head returns *logits*, so that the mixture model can mix branches in logit space and every
+family trains with the same numerically stable BCE-with-logits. The MoE head computes its logit
+exactly from log-probabilities (never ``log(p / (1 - p))`` of a rounded probability).
+
+Parameter counts: every module here has a ``*_params`` twin that returns ``Count(params, stats)``
+analytically: ``params`` are trainable values, ``stats`` the stored non-trainable floats (batch-norm
+moving statistics, whitening scales) that an exported model also carries.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from yt8m_search.constants import NUM_CLASSES, RGB_DIM
+
+CLASSIFIERS = ("logistic", "moe")
+
+
+class Count(NamedTuple):
+    """Analytic size of a module: trainable parameters and stored statistics (floats)."""
+
+    params: int
+    stats: int
+
+    def __add__(self, other: object) -> Count:  # type: ignore[override]
+        assert isinstance(other, Count)
+        return Count(self.params + other.params, self.stats + other.stats)
+
+    def __mul__(self, factor: object) -> Count:  # type: ignore[override]
+        assert isinstance(factor, int)
+        return Count(self.params * factor, self.stats * factor)
+
+
+def module_count(module: nn.Module) -> Count:
+    """The same two numbers measured on a built module (what the analytic counts must equal)."""
+    params = sum(p.numel() for p in module.parameters())
+    stats = sum(b.numel() for name, b in module.named_buffers() if not name.endswith("num_batches_tracked"))
+    return Count(params, stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation and batch norm, as TF-slim did them
+
+
+def variance_scaling_(weight: Tensor, fan_in: int) -> Tensor:
+    """slim's ``variance_scaling_initializer()``: factor 2, FAN_IN, truncated normal.
+
+    TF's truncated normal uses stddev sqrt(1.3 * 2 / fan_in) and cuts at two standard deviations.
+    """
+    std = math.sqrt(2.6 / fan_in)
+    with torch.no_grad():
+        return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """A Linear layer initialised like slim.fully_connected (variance scaling, zero bias)."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    variance_scaling_(layer.weight, in_features)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def dense_params(in_features: int, out_features: int, bias: bool = True) -> Count:
+    return Count(in_features * out_features + (out_features if bias else 0), 0)
+
+
+def batch_norm(num_features: int) -> nn.BatchNorm1d:
+    """slim.batch_norm defaults (decay 0.999, epsilon 1e-3) in PyTorch's momentum convention."""
+    return nn.BatchNorm1d(num_features, eps=1e-3, momentum=1e-3)
+
+
+def batch_norm_params(num_features: int) -> Count:
+    return Count(2 * num_features, 2 * num_features)
+
+
+def masked_batch_norm(bn: nn.BatchNorm1d, x: Tensor, mask: Tensor | None) -> Tensor:
+    """Batch norm over the valid rows only: x [B, T, F], mask [B, T] -> [B, T, F].
+
+    Padded frames are excluded from the batch statistics (the TF originals always saw 300 frames,
+    so their padding share was fixed; ours varies with the batch's longest video). Padded rows come
+    back as zeros.
+    """
+    if mask is None:
+        return bn(x.reshape(-1, x.shape[-1])).view_as(x)
+    out = x.new_zeros(x.shape)
+    out[mask] = bn(x[mask])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier heads: hidden [B, H] -> logits [B, C]
+
+
+class LogisticHead(nn.Module):
+    """The starter's LogisticModel: one affine layer, L2-regularised (weight and bias)."""
+
+    def __init__(self, hidden_size: int, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.fc = dense(hidden_size, num_classes)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc(h)  # [B, C]
+
+    def l2_parameters(self) -> list[nn.Parameter]:
+        return [self.fc.weight, self.fc.bias]
+
+
+class MoeHead(nn.Module):
+    """WILLOW's MoeModel: per class a softmax gate over M experts plus a dummy expert predicting 0.
+
+    p = sum_m gate_m * sigmoid(expert_m). With ``prob_gating`` the "gated MoE" of the first-challenge
+    winner multiplies p by sigmoid(BN(p @ W)), a learned class-to-class gate.
+    """
+
+    def __init__(
+        self, hidden_size: int, num_mixtures: int, num_classes: int = NUM_CLASSES, prob_gating: bool = False
+    ) -> None:
+        super().__init__()
+        if num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be >= 1, got {num_mixtures}")
+        self.num_classes = num_classes
+        self.num_mixtures = num_mixtures
+        self.gates = dense(hidden_size, num_classes * (num_mixtures + 1), bias=False)
+        self.experts = dense(hidden_size, num_classes * num_mixtures)
+        self.prob_gating = prob_gating
+        if prob_gating:
+            self.gate_fc = dense(num_classes, num_classes, bias=False)
+            self.gate_bn = batch_norm(num_classes)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, c, m = h.shape[0], self.num_classes, self.num_mixtures
+        log_gates = F.log_softmax(self.gates(h).view(b, c, m + 1), dim=-1)  # [B, C, M+1]
+        experts = self.experts(h).view(b, c, m)  # expert logits [B, C, M]
+        # log p and log(1 - p) straight from log-space terms: the dummy expert's gate is pure "no".
+        log_p = torch.logsumexp(log_gates[..., :m] + F.logsigmoid(experts), dim=-1)  # [B, C]
+        log_q = torch.logsumexp(
+            torch.cat([log_gates[..., :m] + F.logsigmoid(-experts), log_gates[..., m:]], dim=-1), dim=-1
+        )
+        if not self.prob_gating:
+            return log_p - log_q
+        p = log_p.exp()
+        log_p = log_p + F.logsigmoid(self.gate_bn(self.gate_fc(p)))
+        # log(1 - p') for p' = exp(log_p) < 1, stable near both ends.
+        log_q = torch.log(-torch.expm1(log_p.clamp(max=-1e-7)))
+        return log_p - log_q
+
+    def l2_parameters(self) -> list[nn.Parameter]:
+        return [self.gates.weight, self.experts.weight]
+
+
+def make_classifier(
+    classifier: str, hidden_size: int, num_classes: int, num_mixtures: int, prob_gating: bool
+) -> LogisticHead | MoeHead:
+    if classifier == "logistic":
+        if prob_gating:
+            raise ValueError("prob_gating applies to the 'moe' classifier only")
+        return LogisticHead(hidden_size, num_classes)
+    if classifier == "moe":
+        return MoeHead(hidden_size, num_mixtures, num_classes, prob_gating)
+    raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+
+
+def classifier_params(
+    classifier: str, hidden_size: int, num_classes: int, num_mixtures: int, prob_gating: bool
+) -> Count:
+    if classifier == "logistic":
+        return dense_params(hidden_size, num_classes)
+    count = dense_params(hidden_size, num_classes * (num_mixtures + 1), bias=False) + dense_params(
+        hidden_size, num_classes * num_mixtures
+    )
+    if prob_gating:
+        count = count + dense_params(num_classes, num_classes, bias=False) + batch_norm_params(num_classes)
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Gating: h [B, H] -> h * gate [B, H]
+
+
+class SEGating(nn.Module):
+    """NeXtVLAD's squeeze-and-excitation context gating (code version: no BN after the 2nd FC)."""
+
+    def __init__(self, hidden_size: int, reduction: int) -> None:
+        super().__init__()
+        if hidden_size % reduction:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by gating_reduction ({reduction})")
+        self.squeeze = dense(hidden_size, hidden_size // reduction, bias=False)
+        self.bn = batch_norm(hidden_size // reduction)
+        self.excite = dense(hidden_size // reduction, hidden_size, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        g = F.relu(self.bn(self.squeeze(h)))  # [B, H/r]
+        return h * torch.sigmoid(self.excite(g))
+
+
+def se_gating_params(hidden_size: int, reduction: int) -> Count:
+    r = hidden_size // reduction
+    return dense_params(hidden_size, r, bias=False) + batch_norm_params(r) + dense_params(r, hidden_size, bias=False)
+
+
+class ContextGating(nn.Module):
+    """WILLOW's Context Gating, h * sigmoid(BN(h @ W)); batch norm stands in for the bias."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(hidden_size, hidden_size, bias=False)
+        nn.init.normal_(self.fc.weight, std=1 / math.sqrt(hidden_size))
+        self.bn = batch_norm(hidden_size)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h * torch.sigmoid(self.bn(self.fc(h)))
+
+
+def context_gating_params(hidden_size: int) -> Count:
+    return dense_params(hidden_size, hidden_size, bias=False) + batch_norm_params(hidden_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input normalisation: features [B, T, 1152] -> [B, T, 1152]
+
+
+def load_eigenvals(path: str | Path) -> np.ndarray:
+    """The YouTube-8M PCA eigenvalues (shape (2048, 1) or (N,)); the first 1024 scale rgb."""
+    try:
+        values = np.load(path).astype(np.float32).reshape(-1)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"pca_eigenvals: cannot read eigenvalues from {path}: {err}") from err
+    if values.size < RGB_DIM or not np.all(np.isfinite(values[:RGB_DIM])) or np.any(values[:RGB_DIM] < 0):
+        raise ValueError(f"pca_eigenvals: {path} must hold >= {RGB_DIM} finite non-negative values, got {values.size}")
+    return values[:RGB_DIM]
+
+
+class ReverseWhitening(nn.Module):
+    """NeXtVLAD's input transform: undo the PCA whitening of rgb, leave audio as dequantized.
+
+    rgb_j <- (x_j - 4/512) * (sqrt(e_j) + 1e-4); the 4/512 removes the dequantizer's half-bucket bias
+    (train.py/eval.py of linrongc/youtube-8m). Padded (all-zero) frames are left at zero rather than
+    mapped to the constant -(4/512)(sqrt(e)+1e-4): the mask, not the value, marks padding here.
+    """
+
+    def __init__(self, eigenvals: np.ndarray) -> None:
+        super().__init__()
+        scale = torch.from_numpy(np.sqrt(eigenvals[:RGB_DIM]).astype(np.float32) + 1e-4)
+        self.register_buffer("scale", scale)  # [1024], stored with the model so a bundle needs no file
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        rgb = (x[..., :RGB_DIM] - (4.0 / 512.0)) * self.scale
+        if mask is not None:
+            rgb = rgb * mask[..., None].to(rgb.dtype)
+        return torch.cat([rgb, x[..., RGB_DIM:]], dim=-1)
+
+
+def reverse_whitening_params(enabled: bool) -> Count:
+    return Count(0, RGB_DIM if enabled else 0)
+
+
+def l2_normalize_frames(x: Tensor) -> Tensor:
+    """The starter/WILLOW input normalisation: each 1152-d frame (rgb and audio jointly) to unit L2."""
+    return F.normalize(x, dim=-1, eps=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+
+
+def bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """The starter's CrossEntropyLoss: binary cross-entropy summed over classes, mean over videos."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").sum(dim=1).mean()
+

@@ -1,0 +1,169 @@
+"""The model registry: names -> typed builder functions and their analytic size.
+
+A family registers a *builder*, a function of keyword-only typed hyperparameters returning a
+``VideoModel``, together with a *counter* taking the same keywords and returning the analytic
+``Count`` without building anything. The search's vocabulary is the builders' keyword names;
+``build`` / ``param_count`` / ``size_bytes`` check names, fill defaults and check types, and report
+every problem at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from yt8m_search.models.layers import Count, bce_loss
+
+STORAGE_DTYPES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class MixtureOutput(NamedTuple):
+    """What a mixture model's forward returns: the mixed logits and what its loss needs."""
+
+    logits: Tensor  # [B, C] mixture logits z_e, the prediction
+    branch_logits: Tensor  # [M, B, C] logits z_m of every branch
+
+
+ModelOutput = Union[Tensor, MixtureOutput]
+
+
+class VideoModel(nn.Module):
+    """What every registered model is: ``forward(features [B, T, 1152], mask [B, T] bool)``.
+
+    The forward output is logits [B, C] or a ``MixtureOutput``; ``logits(output)`` extracts the
+    prediction, ``loss(output, labels)`` is the family's training loss (labels multi-hot [B, C]),
+    and ``l2_parameters()`` are the tensors the recipe's L2 penalty applies to (the classifier).
+    """
+
+    classifier: nn.Module
+
+    def loss(self, output: ModelOutput, labels: Tensor) -> Tensor:
+        return bce_loss(self.logits(output), labels)
+
+    @staticmethod
+    def logits(output: ModelOutput) -> Tensor:
+        return output.logits if isinstance(output, MixtureOutput) else output
+
+    def l2_parameters(self) -> list[nn.Parameter]:
+        return self.classifier.l2_parameters()  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., VideoModel]
+    counter: Callable[..., Count]
+    defaults: Mapping[str, Any]
+    types: Mapping[str, Any]
+    doc: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(name: str, counter: Callable[..., Count]) -> Callable[[Callable[..., VideoModel]], Callable[..., VideoModel]]:
+    """Decorator: register ``builder`` under ``name``; ``counter`` takes exactly the same keywords."""
+
+    def decorate(builder: Callable[..., VideoModel]) -> Callable[..., VideoModel]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        params = inspect.signature(builder).parameters
+        if any(p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty for p in params.values()):
+            raise TypeError(f"{name}: a builder takes keyword-only hyperparameters, each with a default")
+        if list(inspect.signature(counter).parameters) != list(params):
+            raise TypeError(f"{name}: the counter's keywords must equal the builder's")
+        hints = typing.get_type_hints(builder)
+        _REGISTRY[name] = ModelSpec(
+            name=name,
+            builder=builder,
+            counter=counter,
+            defaults={k: p.default for k, p in params.items()},
+            types={k: hints[k] for k in params},
+            doc=inspect.getdoc(builder) or "",
+        )
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}") from None
+
+
+def hyperparameters(name: str) -> dict[str, Any]:
+    """The hyperparameter names of ``name`` with their defaults."""
+    return dict(get_spec(name).defaults)
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def resolve(name: str, **hparams: Any) -> dict[str, Any]:
+    """Check names and types against the builder's signature; return the complete hyperparameters."""
+    spec = get_spec(name)
+    errors = []
+    unknown = sorted(set(hparams) - set(spec.defaults))
+    if unknown:
+        errors.append(f"unknown hyperparameter(s) {', '.join(unknown)}; valid for {name}: {', '.join(spec.defaults)}")
+    for key, value in hparams.items():
+        if key in spec.types and not _type_ok(value, spec.types[key]):
+            errors.append(f"{key}={value!r} is not of type {spec.types[key]}")
+    if errors:
+        raise ValueError(f"model {name!r}: " + "; ".join(errors))
+    return {**spec.defaults, **hparams}
+
+
+def build(name: str, **hparams: Any) -> VideoModel:
+    """Build a registered model from plain typed hyperparameters (defaults fill the rest)."""
+    return get_spec(name).builder(**resolve(name, **hparams))
+
+
+def count(name: str, **hparams: Any) -> Count:
+    """The analytic (parameters, stored statistics) of a model, without building it."""
+    return get_spec(name).counter(**resolve(name, **hparams))
+
+
+def param_count(name: str, **hparams: Any) -> int:
+    """Exact number of trainable parameters, computed analytically."""
+    return count(name, **hparams).params
+
+
+def storage_itemsize(dtype: str | torch.dtype) -> int:
+    key = str(dtype).removeprefix("torch.")
+    if key not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    return STORAGE_DTYPES[key]
+
+
+def size_bytes(name: str, dtype: str | torch.dtype = "bfloat16", **hparams: Any) -> int:
+    """Stored size of the inference model: parameters plus batch-norm statistics at ``dtype``."""
+    c = count(name, **hparams)
+    return (c.params + c.stats) * storage_itemsize(dtype)
