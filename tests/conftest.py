@@ -31,7 +31,7 @@ def ray_local() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory: pytest.TempPathFactory) -> DataPaths:
-    """160 training and 48 validation synthetic videos over 40 classes, as Parquet shards."""
+    """160 training and 48 validation synthetic videos (1..60 frames) over 40 classes, as Parquet."""
     return synthetic_dataset(
         tmp_path_factory.mktemp("cache"),
         "small",
@@ -40,6 +40,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> DataPaths:
         shards=4,
         seed=3,
         num_classes=SMALL_CLASSES,
+        max_frames=60,
         progress=False,
     )
 

@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, MAX_FRAMES, RGB_DIM
-from yt8m_search.data import CorruptRecordError, QuantizedVideo, read_frame_level, write_frame_level
-from yt8m_search.data import fs
+from yt8m_search.data import CorruptRecordError, QuantizedVideo, fs, read_frame_level, write_frame_level
 from yt8m_search.data.parquet import (
     FRAME_SCHEMA,
     VIDEO_SCHEMA,
@@ -190,7 +189,7 @@ def test_video_level_conversion(tmp_path: Path) -> None:
     assert report.num_rows == 5
     table = pq.read_table(tmp_path / "pq" / "video0.parquet")
     assert table.schema.equals(VIDEO_SCHEMA)
-    for r, row in zip(read_video_level(src), table.to_pylist()):
+    for r, row in zip(read_video_level(src), table.to_pylist(), strict=True):
         assert row["id"] == r.id and row["labels"] == r.labels.tolist()
         np.testing.assert_array_equal(np.array(row["mean_rgb"], np.float32), r.mean_rgb)
         np.testing.assert_array_equal(np.array(row["mean_audio"], np.float32), r.mean_audio)

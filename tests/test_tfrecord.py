@@ -152,7 +152,7 @@ def test_frame_level_round_trip_and_starter_semantics(tmp_path: Path) -> None:
     quantized = list(iter_frame_level_quantized(path))
     decoded = list(read_frame_level(path))
     assert len(quantized) == len(decoded) == len(videos)
-    for v, q, d in zip(videos, quantized, decoded):
+    for v, q, d in zip(videos, quantized, decoded, strict=True):
         assert q.id == d.id == v.id
         expected_labels = np.unique(v.labels)
         np.testing.assert_array_equal(q.labels, expected_labels)
@@ -240,13 +240,13 @@ def test_video_level_round_trip_and_independent_reader(tmp_path: Path) -> None:
     path = str(tmp_path / "video.tfrecord")
     assert write_video_level(path, records) == 3
     back = list(read_video_level(path))
-    for r, b in zip(records, back):
+    for r, b in zip(records, back, strict=True):
         assert b.id == r.id
         np.testing.assert_array_equal(b.labels, np.unique(r.labels))
         np.testing.assert_array_equal(b.features, r.features)
         np.testing.assert_array_equal(b.mean_audio, r.features[RGB_DIM:])
     desc = {"id": "byte", "labels": "int", "mean_rgb": "float", "mean_audio": "float"}
-    for r, ex in zip(records, tfrecord_loader(path, None, desc)):
+    for r, ex in zip(records, tfrecord_loader(path, None, desc), strict=True):
         assert ex["id"] == r.id.encode()
         np.testing.assert_array_equal(ex["mean_rgb"], r.features[:RGB_DIM])
         np.testing.assert_array_equal(ex["mean_audio"], r.features[RGB_DIM:])

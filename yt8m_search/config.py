@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from yt8m_search.constants import MAX_FRAMES
+
 DEFAULT_CACHE = "~/.cache/yt8m_search"
 
 
@@ -38,6 +40,7 @@ class SyntheticSpec:
     shards: int = 4
     seed: int = 0
     num_classes: int = 3862
+    max_frames: int = 300  # videos have 1..max_frames frames; fewer frames train faster on CPUs
     cache: str = DEFAULT_CACHE
 
     def key(self) -> str:
@@ -87,13 +90,18 @@ class _Checker:
                 self.errors.append(f"{where}{key}: unknown key (valid: {', '.join(allowed)})")
         return value
 
-    def integer(self, section: dict[str, Any], key: str, path: str, default: int, minimum: int | None = None) -> int:
+    def integer(
+        self, section: dict[str, Any], key: str, path: str, default: int, minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
         value = section.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool):
             self.errors.append(f"{path}.{key}: expected an integer, got {value!r}")
             return default
         if minimum is not None and value < minimum:
             self.errors.append(f"{path}.{key}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            self.errors.append(f"{path}.{key}: must be <= {maximum}, got {value}")
         return value
 
     def string(self, section: dict[str, Any], key: str, path: str, default: str | None) -> str | None:
@@ -116,6 +124,7 @@ def _data_spec(raw: Any, check: _Checker) -> DataSpec:
             shards=check.integer(syn, "shards", path, d.shards, 1),
             seed=check.integer(syn, "seed", path, d.seed, 0),
             num_classes=check.integer(syn, "num_classes", path, d.num_classes, 2),
+            max_frames=check.integer(syn, "max_frames", path, d.max_frames, 1, MAX_FRAMES),
             cache=check.string(syn, "cache", path, d.cache) or d.cache,
         )
     train = check.string(section, "train", "data", None)

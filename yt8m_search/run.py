@@ -30,6 +30,7 @@ def prepare_data(data: config.DataSpec, progress: bool = True) -> DataPaths:
         shards=s.shards,
         seed=s.seed,
         num_classes=s.num_classes,
+        max_frames=s.max_frames,
         progress=progress,
     )
 

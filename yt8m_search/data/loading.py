@@ -66,8 +66,8 @@ def dequantize_batch(quantized: torch.Tensor, num_frames: torch.Tensor, num_audi
     rgb_valid = positions[None, :] < num_frames[:, None]  # [B, T]
     audio_valid = positions[None, :] < num_audio_frames[:, None]
     features = quantized.to(torch.float32).mul_(DEQUANT_SCALE).add_(DEQUANT_BIAS)
-    features[..., :RGB_DIM].mul_(rgb_valid[..., None])
-    features[..., RGB_DIM:].mul_(audio_valid[..., None])
+    features[..., :RGB_DIM].masked_fill_(~rgb_valid[..., None], 0.0)  # +0.0, as the starter's padding
+    features[..., RGB_DIM:].masked_fill_(~audio_valid[..., None], 0.0)
     return features
 
 

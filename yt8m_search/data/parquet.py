@@ -310,9 +310,9 @@ def _tables(rows: Iterable[tuple[Any, ...]], schema: pa.Schema) -> Iterator[pa.T
 
 
 def _table(batch: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*batch))
+    columns = list(zip(*batch, strict=True))
     arrays: list[pa.Array] = []
-    for f, values in zip(schema, columns):
+    for f, values in zip(schema, columns, strict=True):
         if f.name == "labels":
             offsets = np.cumsum([0] + [len(v) for v in values], dtype=np.int32)
             flat = np.concatenate(values).astype(np.int32) if values else np.zeros(0, np.int32)

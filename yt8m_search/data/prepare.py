@@ -34,6 +34,7 @@ def synthetic_dataset(
     shards: int,
     seed: int,
     num_classes: int,
+    max_frames: int = 300,
     progress: bool = True,
 ) -> DataPaths:
     """Generate (once) the synthetic TFRecords under ``cache/synthetic-<key>/`` and convert them."""
@@ -52,6 +53,7 @@ def synthetic_dataset(
             val_shards=max(1, shards // 2),
             seed=seed,
             num_classes=num_classes,
+            max_frames=max_frames,
         )
         for split, out in (("train", paths.train), ("validate", paths.validation)):
             parquet.convert(str(root / "tfrecord" / split), out, progress=progress)
