@@ -18,6 +18,7 @@ need not be a prefix: they are compacted to the front first.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -127,28 +128,16 @@ def gru_errors(
     )  # fmt: skip
 
 
-def gru_count(
-    *,
-    hidden_size: int = 1200,
-    num_layers: int = 2,
-    classifier: str = "moe",
-    num_mixtures: int = 2,
-    prob_gating: bool = False,
-    gating: str = "none",
-    gating_reduction: int = 8,
-    dropout: float = 0.0,
-    input_l2: bool = True,
-    num_classes: int = NUM_CLASSES,
-) -> Count:
-    hp = locals()  # exactly the keyword arguments
+def gru_count(**hparams: Any) -> Count:
+    hp = hparams
     raise_errors("gru", gru_errors(**{k: v for k, v in hp.items() if k != "input_l2"}))
-    h = hidden_size
-    rnn = sum(3 * h * (FEATURE_DIM if layer == 0 else h) + 3 * h * h + 6 * h for layer in range(num_layers))
-    state = num_layers * h
+    h, layers = hp["hidden_size"], hp["num_layers"]
+    rnn = sum(3 * h * (FEATURE_DIM if layer == 0 else h) + 3 * h * h + 6 * h for layer in range(layers))
+    state = layers * h
     return (
         Count(rnn, 0)
-        + gating_params(gating, state, gating_reduction)
-        + classifier_params(classifier, state, num_classes, num_mixtures, prob_gating)
+        + gating_params(hp["gating"], state, hp["gating_reduction"])
+        + classifier_params(hp["classifier"], state, hp["num_classes"], hp["num_mixtures"], hp["prob_gating"])
     )
 
 

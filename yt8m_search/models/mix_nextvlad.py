@@ -21,6 +21,7 @@ epsilon), and like the original there is no stop-gradient on the teacher q_e.
 from __future__ import annotations
 
 import numpy as np
+from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -133,39 +134,18 @@ class MixNeXtVLADModel(VideoModel):
         return [p for branch in self.branches for p in branch.l2_parameters()]
 
 
-def mix_nextvlad_count(
-    *,
-    num_branches: int = 3,
-    temperature: float = 3.0,
-    distill_weight: float | None = None,
-    groups: int = 8,
-    clusters: int = 112,
-    expansion: int = 2,
-    hidden_size: int = 2048,
-    gating_reduction: int = 16,
-    dropout: float = 0.5,
-    classifier: str = "logistic",
-    num_mixtures: int = 4,
-    prob_gating: bool = False,
-    pca_eigenvals: str | None = None,
-    num_classes: int = NUM_CLASSES,
-) -> Count:
-    _validate_mixture(num_branches, temperature, distill_weight)
-    validate_nextvlad(
-        groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
-        gating_reduction=gating_reduction, dropout=dropout, classifier=classifier,
-        num_mixtures=num_mixtures, prob_gating=prob_gating, num_classes=num_classes,
-    )  # fmt: skip
-    branch = nextvlad_branch_count(
-        groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
-        gating_reduction=gating_reduction, classifier=classifier, num_mixtures=num_mixtures,
-        prob_gating=prob_gating, num_classes=num_classes,
-    )  # fmt: skip
+def mix_nextvlad_count(**hparams: Any) -> Count:
+    mixture = ("num_branches", "temperature", "distill_weight", "pca_eigenvals")
+    _validate_mixture(hparams["num_branches"], hparams["temperature"], hparams["distill_weight"])
+    branch = {k: v for k, v in hparams.items() if k not in mixture}
+    validate_nextvlad(**branch)
+    del branch["dropout"]  # dropout has no parameters
+    num_branches = hparams["num_branches"]
     return (
-        branch * num_branches
+        nextvlad_branch_count(**branch) * num_branches
         + dense_params(FEATURE_DIM, num_branches)
         + batch_norm_params(FEATURE_DIM)
-        + reverse_whitening_params(pca_eigenvals is not None)
+        + reverse_whitening_params(hparams["pca_eigenvals"] is not None)
     )
 
 

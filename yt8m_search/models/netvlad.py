@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -428,23 +428,8 @@ def family_spec(
 # i.e. exactly its keyword arguments) to ``family_spec``.
 
 
-def netvlad_count(
-    *,
-    clusters: int = 64,
-    hidden_size: int = 1024,
-    gating: str = "context",
-    gating_reduction: int = 8,
-    classifier: str = "moe",
-    num_mixtures: int = 2,
-    prob_gating: bool = False,
-    dropout: float = 0.0,
-    input_bn: bool = True,
-    hidden_bn_relu: bool = False,
-    sample_frames: int = 0,
-    audio: bool = True,
-    num_classes: int = NUM_CLASSES,
-) -> Count:
-    return willow_count(family_spec("netvlad", **locals()))
+def netvlad_count(**hparams: Any) -> Count:
+    return willow_count(family_spec("netvlad", **hparams))
 
 
 @register("netvlad", counter=netvlad_count)
@@ -478,23 +463,8 @@ def netvlad(
     return WillowModel(family_spec("netvlad", **locals()))
 
 
-def netrvlad_count(
-    *,
-    clusters: int = 64,
-    hidden_size: int = 1024,
-    gating: str = "context",
-    gating_reduction: int = 8,
-    classifier: str = "moe",
-    num_mixtures: int = 2,
-    prob_gating: bool = False,
-    dropout: float = 0.0,
-    input_bn: bool = True,
-    hidden_bn_relu: bool = False,
-    sample_frames: int = 0,
-    audio: bool = True,
-    num_classes: int = NUM_CLASSES,
-) -> Count:
-    return willow_count(family_spec("netrvlad", **locals()))
+def netrvlad_count(**hparams: Any) -> Count:
+    return willow_count(family_spec("netrvlad", **hparams))
 
 
 @register("netrvlad", counter=netrvlad_count)
@@ -519,24 +489,8 @@ def netrvlad(
     return WillowModel(family_spec("netrvlad", **locals()))
 
 
-def soft_bof_count(
-    *,
-    clusters: int = 8000,
-    hidden_size: int = 1024,
-    maxpool: bool = False,
-    gating: str = "none",
-    gating_reduction: int = 8,
-    classifier: str = "moe",
-    num_mixtures: int = 2,
-    prob_gating: bool = False,
-    dropout: float = 0.0,
-    input_bn: bool = True,
-    hidden_bn_relu: bool = False,
-    sample_frames: int = 0,
-    audio: bool = True,
-    num_classes: int = NUM_CLASSES,
-) -> Count:
-    return willow_count(family_spec("soft_bof", **locals()))
+def soft_bof_count(**hparams: Any) -> Count:
+    return willow_count(family_spec("soft_bof", **hparams))
 
 
 @register("soft_bof", counter=soft_bof_count)

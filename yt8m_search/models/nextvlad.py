@@ -21,7 +21,7 @@ transformed at all.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -293,31 +293,11 @@ def nextvlad_branch_count(
     )
 
 
-def nextvlad_count(
-    *,
-    groups: int = 8,
-    clusters: int = 128,
-    expansion: int = 2,
-    hidden_size: int = 2048,
-    gating_reduction: int = 8,
-    dropout: float = 0.5,
-    classifier: str = "logistic",
-    num_mixtures: int = 4,
-    prob_gating: bool = False,
-    pca_eigenvals: str | None = None,
-    num_classes: int = NUM_CLASSES,
-) -> Count:
-    validate_nextvlad(
-        groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
-        gating_reduction=gating_reduction, dropout=dropout, classifier=classifier,
-        num_mixtures=num_mixtures, prob_gating=prob_gating, num_classes=num_classes,
-    )  # fmt: skip
-    branch = nextvlad_branch_count(
-        groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
-        gating_reduction=gating_reduction, classifier=classifier, num_mixtures=num_mixtures,
-        prob_gating=prob_gating, num_classes=num_classes,
-    )  # fmt: skip
-    return branch + reverse_whitening_params(pca_eigenvals is not None)
+def nextvlad_count(**hparams: Any) -> Count:
+    branch = {k: v for k, v in hparams.items() if k != "pca_eigenvals"}
+    validate_nextvlad(**branch)
+    del branch["dropout"]  # dropout has no parameters
+    return nextvlad_branch_count(**branch) + reverse_whitening_params(hparams["pca_eigenvals"] is not None)
 
 
 @register("nextvlad", counter=nextvlad_count)

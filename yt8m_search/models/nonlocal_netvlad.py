@@ -27,6 +27,7 @@ Frame handling, masking and the other hyperparameters are those of netvlad.py (m
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -161,26 +162,8 @@ def nonlocal_spec(
 # Builder and counter take identical keywords and forward ``locals()`` (taken first thing).
 
 
-def nonlocal_netvlad_count(
-    *,
-    variant: str = "late",
-    clusters: int = 64,
-    hidden_size: int = 1024,
-    embedding_size: int | None = None,
-    nonlocal_temperature: float | None = None,
-    gating: str = "context",
-    gating_reduction: int = 8,
-    classifier: str = "moe",
-    num_mixtures: int | None = None,
-    prob_gating: bool = True,
-    dropout: float = 0.0,
-    input_bn: bool = True,
-    hidden_bn_relu: bool = False,
-    sample_frames: int = 0,
-    audio: bool = True,
-    num_classes: int = NUM_CLASSES,
-) -> Count:
-    return willow_count(nonlocal_spec(**locals()))
+def nonlocal_netvlad_count(**hparams: Any) -> Count:
+    return willow_count(nonlocal_spec(**hparams))
 
 
 @register("nonlocal_netvlad", counter=nonlocal_netvlad_count)

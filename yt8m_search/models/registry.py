@@ -69,7 +69,11 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(name: str, counter: Callable[..., Count]) -> Callable[[Callable[..., VideoModel]], Callable[..., VideoModel]]:
-    """Decorator: register ``builder`` under ``name``; ``counter`` takes exactly the same keywords."""
+    """Decorator: register ``builder`` under ``name``.
+
+    ``counter`` receives the complete, checked hyperparameters as keywords (declare it with
+    ``**hparams``: the builder's signature is the one source of names, types and defaults).
+    """
 
     def decorate(builder: Callable[..., VideoModel]) -> Callable[..., VideoModel]:
         if name in _REGISTRY:
@@ -77,8 +81,10 @@ def register(name: str, counter: Callable[..., Count]) -> Callable[[Callable[...
         params = inspect.signature(builder).parameters
         if any(p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty for p in params.values()):
             raise TypeError(f"{name}: a builder takes keyword-only hyperparameters, each with a default")
-        if list(inspect.signature(counter).parameters) != list(params):
-            raise TypeError(f"{name}: the counter's keywords must equal the builder's")
+        counter_params = list(inspect.signature(counter).parameters.values())
+        takes_all = len(counter_params) == 1 and counter_params[0].kind is inspect.Parameter.VAR_KEYWORD
+        if not takes_all and [p.name for p in counter_params] != list(params):
+            raise TypeError(f"{name}: the counter takes **hparams or exactly the builder's keywords")
         hints = typing.get_type_hints(builder)
         _REGISTRY[name] = ModelSpec(
             name=name,
