@@ -21,7 +21,8 @@ SMALL_CLASSES = 40
 def ray_local() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # the dashboard serves the state API that Train V2's placement-group cleaner queries
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

@@ -1,7 +1,9 @@
-"""The main command: ``python -m yt8m_search.run SPACE.yaml [key=value ...]``.
+"""The main command: a space file in, a finished sweep out.
 
-Exit codes: 0 done; 2 invalid space file or arguments (every error listed, nothing started);
-1 anything else, with the cause in one line at the end.
+    python -m yt8m_search.run SPACE.yaml [key.path=value ...] [--output DIR] [--resume] [--dry-run]
+
+Exit codes: 0 done; 2 invalid space file or arguments (every error listed, nothing started or
+written); 1 anything else, with the cause in one line at the end.
 """
 
 from __future__ import annotations
@@ -9,11 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
+from typing import Any
 
 from yt8m_search import config
+from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths, synthetic_dataset
+
+
+class UsageError(Exception):
+    """Arguments that do not fit the run folder (exit code 2)."""
 
 
 def prepare_data(data: config.DataSpec, progress: bool = True) -> DataPaths:
@@ -35,45 +42,132 @@ def prepare_data(data: config.DataSpec, progress: bool = True) -> DataPaths:
     )
 
 
-def summarize_loader(paths: DataPaths, batch_size: int = 160, num_classes: int = 3862) -> None:
-    """Stream the training shards through the Ray Data loader once and print what it yields."""
-    import numpy as np
+def run_folder(spec: config.Spec, output: str | None) -> str:
+    folder = output or fs.join(spec.storage, spec.name)
+    return os.path.abspath(os.path.expanduser(folder)) if fs.is_local(folder) else folder.rstrip("/")
+
+
+def dry_run(spec: config.Spec, samples: int = 5) -> None:
+    """Print the resolved space, the budget check and the sweep's first sampled configurations."""
+    import optuna
+
+    from yt8m_search import search
+
+    print(f"space {spec.source} ({spec.name}, hash {spec.digest()})")
+    print("parameters:")
+    for p in spec.parameters:
+        what = f"{p.distribution.kind} {_describe(p.distribution)}" if p.distribution else f"= {p.value!r}"
+        when = "  when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
+        print(f"  {p.name:<20} {what}{when}    ({p.path})")
+    trial = spec.trial or {}
+    print("trial: " + ", ".join(f"{k}={v}" for k, v in trial.items() if v is not None))
+    print(f"search: {spec.search.num_samples} trials, objectives {list(spec.search.objectives)}, "
+          f"ASHA {spec.search.asha}, seed {spec.search.seed}")
+    budget = spec.budget
+    limit = f"{budget.max_model_bytes:,} bytes" if budget.max_model_bytes else "none"
+    print(f"budget: per model {limit}, ensemble {budget.ensemble_bytes:,} bytes, stored as {budget.storage_dtype}")
+    smallest, checked, valid = config._smallest_config(list(spec.parameters), budget.storage_dtype)
+    print(f"budget check: {valid} of {checked} configurations checked are valid models; "
+          f"the smallest needs {smallest[0]:,.0f} bytes ({smallest[1]})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=search.make_searcher(spec)._sampler)  # the sweep's own sampler
+    space = search.SearchSpace(spec.parameters, budget.max_model_bytes, budget.storage_dtype)
+    print(f"first {samples} sampled configurations:")
+    for i in range(samples):
+        t = study.ask()
+        extra = space(t)
+        values = {**t.params, **{k: v for k, v in extra.items() if k not in ("size_bytes", "feasible",
+                                                                              "infeasible_reason")}}
+        status = "ok" if extra["feasible"] else f"INFEASIBLE: {extra['infeasible_reason']}"
+        size = f"{extra['size_bytes'] / 1e6:.2f} MB" if extra["size_bytes"] >= 0 else "-"
+        print(f"  {i + 1}. {size:>10}  {status}  {values}")
+        study.tell(t, state=optuna.trial.TrialState.FAIL)
+
+
+def _describe(d: config.Distribution) -> str:
+    if d.kind == "choice":
+        return str(list(d.choices))
+    return f"[{d.low}, {d.high}]" + (" log" if d.log else "") + (f" step {d.step}" if d.step else "")
+
+
+def _init_ray() -> None:
     import ray
 
-    from yt8m_search.data.loading import iter_video_batches, read_videos
+    if ray.is_initialized():
+        return
+    env = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "WANDB_SILENT": "true"}
+    env.update({k: os.environ[k] for k in ("WANDB_MODE", "AWS_ENDPOINT_URL") if k in os.environ})
+    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join the cluster
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), log_to_driver=False,  # the dashboard serves the state API Train V2 needs
+                 runtime_env={"env_vars": env})
+    from ray.data import DataContext
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    DataContext.get_current().enable_progress_bars = False
+
+
+def sweep(spec: config.Spec, run_dir: str, resume: bool) -> dict[str, Any]:
+    from ray import tune
+
+    from yt8m_search import search
+
+    experiment = fs.join(run_dir, "tune")
+    if resume and not tune.Tuner.can_restore(experiment):
+        raise UsageError(f"--resume: no sweep to resume in {run_dir}")
+    if not resume and fs.exists(experiment):
+        raise UsageError(f"{run_dir} already holds a sweep: pass --resume to continue it, or --output DIR")
+    data = prepare_data(spec.data)
+    if spec.wandb.mode == "offline" or (spec.wandb.mode == "online" and not os.environ.get("WANDB_API_KEY")):
+        os.environ["WANDB_MODE"] = "offline"  # before Ray starts, so the logging actors inherit it
+    _init_ray()
+    print(f"sweep {spec.name}: {spec.search.num_samples} trials -> {run_dir}", flush=True)
+    rows = search.run_sweep(spec, data, run_dir, resume=resume)
+    search.write_trials_table(rows, run_dir)
+    study, _ = search.write_study(spec, rows, run_dir)
+    summary = search.summarize(spec, rows, run_dir, data)
+    summary["ensemble"] = _ensemble(run_dir, summary)
+    search.write_json(summary, fs.join(run_dir, "summary.json"))
+    from yt8m_search import report
+
+    report.write_report(run_dir, rows, summary, search.importances(study))
+    return summary
+
+
+def _ensemble(run_dir: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    from yt8m_search import ensemble, search
+
+    search.write_json(summary, fs.join(run_dir, "summary.json"))  # the ensemble step reads it
     try:
-        from ray.data import DataContext
+        return ensemble.run(run_dir)
+    except ensemble.EnsembleError as err:  # e.g. no trained trial fits the budget: say so, keep the sweep
+        print(f"ensemble: {err}")
+        return {"error": str(err)}
 
-        DataContext.get_current().enable_progress_bars = False
-        for split, where in (("train", paths.train), ("validation", paths.validation)):
-            started = time.perf_counter()
-            videos, frames, labels, shapes = 0, [], [], set()
-            for batch in iter_video_batches(read_videos(where), batch_size=batch_size, num_classes=num_classes):
-                videos += len(batch)
-                frames.append(batch.num_frames.numpy())
-                labels.append(batch.labels.sum(dim=1).numpy())
-                shapes.add(tuple(batch.features.shape[1:]))
-            seconds = time.perf_counter() - started
-            n, k = np.concatenate(frames), np.concatenate(labels)
-            longest = max(s[0] for s in shapes)
-            print(f"{split:>10}: {videos} videos from {where}")
-            print(f"{'':>10}  batches of features [B<={batch_size}, T<={longest}, {shapes.pop()[1]}] float32, "
-                  f"mask [B, T], num_frames [B], labels [B, {num_classes}]")
-            print(f"{'':>10}  frames per video: min {n.min()}, median {int(np.median(n))}, max {n.max()}; "
-                  f"labels per video: mean {k.mean():.2f}, max {int(k.max())}")
-            print(f"{'':>10}  loader throughput: {videos / seconds:,.0f} videos/s ({seconds:.1f} s)")
-    finally:
-        ray.shutdown()
+
+def print_summary(summary: dict[str, Any], run_dir: str) -> None:
+    counts = ", ".join(f"{v} {k}" for k, v in summary["trials"].items() if v)
+    print(f"\ntrials: {counts}")
+    best = summary.get("best")
+    if best:
+        print(f"best: trial {best['trial_id']} {best['model']} GAP {best['gap']:.4f} after {best['epochs']} "
+              f"epochs, {best['params']:,} parameters, {best['size_bytes'] / 1e6:.2f} MB")
+    ens = summary.get("ensemble") or {}
+    if ens.get("members"):
+        print(f"ensemble: {len(ens['members'])} members, GAP {ens['gap']:.4f}, "
+              f"{ens['size_bytes'] / 1e6:.2f} MB of {ens['budget_bytes'] / 1e6:.2f} MB -> {ens['path']}")
+    print(f"run folder: {run_dir} (summary.json, trials.csv, report.html, optuna.journal)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m yt8m_search.run", description=__doc__.split("\n")[0])
     parser.add_argument("space", help="the space file (YAML)")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides of the space file")
+    parser.add_argument("--output", help="the run folder (default: <storage>/<space name>)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in the run folder")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved space and sampled configs")
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)  # flags and key=value overrides in any order
     except SystemExit as exit_:
         return 2 if exit_.code else 0
     try:
@@ -81,11 +175,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    run_dir = run_folder(spec, args.output)
     try:
-        paths = prepare_data(spec.data)
-        summarize_loader(paths)
+        if args.dry_run:
+            dry_run(spec)
+            return 0
+        summary = sweep(spec, run_dir, args.resume)
+        print_summary(summary, run_dir)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: interrupted; continue with --resume --output {run_dir}", file=sys.stderr)
         return 1
     except Exception as err:  # the last line names the cause
         import traceback

@@ -63,7 +63,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # per parameter; 0 disables
     l2: float = 1e-5  # coupled L2 on the classifier's tensors
     num_workers: int = 1
-    use_gpu: bool = False
+    gpus_per_worker: float = 0.0  # > 0: train on GPUs (bf16 autocast)
     cpus_per_worker: float = 1.0
     pad_to: int | None = None  # None: pad each batch to its longest video
     shuffle_buffer: int = 2048
@@ -89,8 +89,8 @@ class TrainConfig:
             errors.append(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if self.lr_decay_examples < 1:
             errors.append(f"lr_decay_examples must be >= 1, got {self.lr_decay_examples}")
-        if self.clip_norm < 0 or self.l2 < 0 or self.cpus_per_worker <= 0:
-            errors.append("clip_norm and l2 must be >= 0 and cpus_per_worker > 0")
+        if self.clip_norm < 0 or self.l2 < 0 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            errors.append("clip_norm, l2 and gpus_per_worker must be >= 0 and cpus_per_worker > 0")
         if self.average_last < 0 or self.average_last > self.epochs:
             errors.append(f"average_last must lie in [0, epochs={self.epochs}], got {self.average_last}")
         if self.storage_dtype not in models.STORAGE_DTYPES:
@@ -301,6 +301,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":  # one intra-op thread per reserved CPU, not one per core of the node
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     _seed_everything(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
 
     model = models.build(cfg.model, **cfg.hparams)
@@ -555,8 +557,8 @@ def fit(
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            use_gpu=cfg.gpus_per_worker > 0,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})},
         ),
         datasets={"train": lambda: read_videos(train_files, shuffle=True)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

@@ -25,6 +25,7 @@ from yt8m_search.constants import AUDIO_DIM, DEQUANT_BIAS, DEQUANT_SCALE, FEATUR
 if TYPE_CHECKING:
     import ray.data
 
+READ_CPUS = 0.25
 COLUMNS = ["id", "labels", "num_frames", "num_audio_frames", "rgb", "audio"]
 
 
@@ -152,6 +153,9 @@ def read_videos(paths: str | Sequence[str], *, shuffle: bool = False) -> ray.dat
         paths if isinstance(paths, str) else list(paths),
         shuffle="files" if shuffle else None,
         file_extensions=["parquet"],
+        # Reading is I/O and decompression, not a whole core: a fractional request lets the read
+        # tasks run beside training workers that hold most CPUs (else trials can wait forever).
+        num_cpus=READ_CPUS,
     )
     return dataset.select_columns(COLUMNS)  # projected into the Parquet read by Ray's optimizer
 

@@ -1,0 +1,282 @@
+"""Tests of yt8m_search.report: the self-contained HTML sweep report (structure, Pareto marks, escaping,
+degenerate inputs, atomic write)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from html.parser import HTMLParser
+
+import pytest
+
+from yt8m_search.report import pareto_ids, render_report, write_report
+
+NAN = math.nan
+EVIL_ID = "trial_<script>alert(1)</script>"
+EVIL_REASON = "boom <script>alert('x')</script> & more"
+VOID = {"meta", "br", "img", "link", "input", "hr", "area", "base", "col", "embed", "source", "track", "wbr"}
+
+
+class Page(HTMLParser):
+    """Collects tags and checks that every non-void element is closed in order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.starts: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.decl: str | None = None
+
+    def handle_decl(self, decl: str) -> None:
+        self.decl = decl
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.starts.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.starts.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+            if tag in self.stack:
+                while self.stack.pop() != tag:
+                    pass
+            return
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def tags(self, name: str, **attrs: str) -> list[dict[str, str | None]]:
+        return [a for t, a in self.starts if t == name and all(a.get(k) == v for k, v in attrs.items())]
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.errors == []
+    assert page.stack == []
+    return page
+
+
+def row(tid: str, state: str, gap: float, size: int, *, model: str = "nextvlad", epochs: int = 10,
+        reason: str = "", **config: object) -> dict:  # fmt: skip
+    trained = state in ("complete", "stopped")
+    return {
+        "trial_id": tid,
+        "state": state,
+        "model": model,
+        "hparams": json.dumps({k: v for k, v in config.items() if v is not None}, sort_keys=True),
+        "config.family": model,
+        "config.lr": config.get("lr", 1e-3),
+        "config.cluster_size": config.get("cluster_size", NAN if model != "nextvlad" else 64),
+        "config.gating": config.get("gating"),
+        "gap": gap if trained else NAN,
+        "gap_last": gap - 0.001 if trained else NAN,
+        "hit_at_one": gap + 0.05 if trained else NAN,
+        "perr": NAN,
+        "map": NAN,
+        "epochs": epochs if trained else 0,
+        "best_epoch": epochs - 1 if trained else 0,
+        "params": size // 2 if size > 0 else 0,
+        "size_bytes": size,
+        "samples_per_s": 1234.5 if trained else NAN,
+        "checkpoint": f"/runs/x/trials/{tid}/best" if trained else "",
+        "predictions": f"/runs/x/trials/{tid}/best/predictions.npy" if trained else "",
+        "reason": reason,
+    }
+
+
+MB = 1_000_000
+
+
+@pytest.fixture()
+def rows() -> list[dict]:
+    return [
+        row("t00", "complete", 0.80, 40 * MB, lr=3e-4),
+        row("t01", "stopped", 0.60, 10 * MB, epochs=2),
+        row("t02", "infeasible", NAN, 900 * MB, reason="size 900 MB over the 200 MB budget"),
+        row("t03", "complete", 0.78, 20 * MB, model="netvlad", gating=True),
+        row("t04", "complete", 0.76, 30 * MB),  # dominated by t03 (higher GAP, smaller)
+        row("t05", "complete", 0.70, 5 * MB, model="netvlad"),
+        row("t06", "stopped", 0.85, 3 * MB, epochs=1),  # best GAP but stopped: never on the front
+        row("t07", "error", NAN, 50 * MB, reason=EVIL_REASON),
+        row(EVIL_ID, "complete", 0.70, 8 * MB),  # dominated by t05 (same GAP, smaller)
+        row("t09", "pending", NAN, -1),
+        row("t10", "complete", 0.82, 120 * MB, model="nonlocal_netvlad", lr="cosine"),
+        row("t11", "complete", NAN, 15 * MB),  # NaN GAP: plotted nowhere, not on the front
+        row("t12", "infeasible", NAN, -1, reason="unknown size"),
+    ]
+
+
+def summary_for(rows: list[dict], *, ensemble: bool = True) -> dict:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    out = {
+        "space": "search_spaces/smoke.yaml",
+        "space_hash": "abc123",
+        "version": "0.1.0",
+        "run_dir": "/runs/x",
+        "objectives": ["gap", "size"],
+        "trials": counts,
+        "budget": {"max_model_bytes": 200 * MB, "ensemble_bytes": 100 * MB, "storage_dtype": "float16"},
+        "best": {"trial_id": "t10", "model": "nonlocal_netvlad", "hparams": {"lr": 1e-3}, "gap": 0.82,
+                 "epochs": 10, "params": 60 * MB, "size_bytes": 120 * MB, "checkpoint": "/runs/x/t10/best",
+                 "predictions": "/runs/x/t10/p.npy", "config": {"lr": 1e-3}},
+        "pareto": ["t00", "t03", "t05", "t10"],
+    }  # fmt: skip
+    if ensemble:
+        out["ensemble"] = {
+            "members": ["t00", "t03", "t00"],
+            "weights": [2, 1, 0],
+            "gap": 0.83,
+            "selection_gap": 0.84,
+            "size_bytes": 60 * MB,
+            "budget_bytes": 100 * MB,
+            "path": "/runs/x/ensemble",
+            "curve": [[40 * MB, 0.80], [60 * MB, 0.83], [60 * MB, 0.835]],
+        }
+    return out
+
+
+IMPORTANCES = {"lr": 0.6, "cluster_size": 0.3, "gating": 0.1}
+
+
+def brute_front(rows: list[dict]) -> set[str]:
+    done = [r for r in rows if r["state"] == "complete" and math.isfinite(r["gap"]) and r["size_bytes"] > 0]
+    return {
+        r["trial_id"] for r in done
+        if not any(o["gap"] >= r["gap"] and o["size_bytes"] <= r["size_bytes"]
+                   and (o["gap"] > r["gap"] or o["size_bytes"] < r["size_bytes"]) for o in done)
+    }  # fmt: skip
+
+
+def test_full_report(rows: list[dict]) -> None:
+    text = render_report(rows, summary_for(rows), IMPORTANCES)
+    assert text.startswith("<!DOCTYPE html>")
+    page = parse(text)
+    assert page.decl is not None and page.decl.lower() == "doctype html"
+    assert len(page.tags("svg")) == 4
+    assert text.count("<svg") == 4 and text.count("</svg>") == 4
+    assert len(page.tags("table")) == 2  # ensemble members + trials
+    # Self-contained: no scripts, no external references.
+    assert not page.tags("script") and not page.tags("link") and not page.tags("img")
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "https://" not in text
+    # Every trial is listed in the trials table.
+    table_ids = [a["data-trial"] for a in page.tags("tr") if a.get("data-trial")]
+    for r in rows:
+        assert r["trial_id"] in table_ids
+    # Escaping: the hostile id and reason only appear escaped.
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert EVIL_ID in "".join(page.text)
+    assert EVIL_REASON in "".join(page.text)
+
+
+def test_pareto_points_are_the_non_dominated_complete_trials(rows: list[dict]) -> None:
+    page = parse(render_report(rows, summary_for(rows), IMPORTANCES))
+    marked = {a["data-trial"] for a in page.tags("circle", **{"data-pareto": "1"})}
+    expected = brute_front(rows)
+    assert expected == {"t00", "t03", "t05", "t10"}
+    assert marked == expected == set(pareto_ids(rows))
+    unmarked = {a["data-trial"] for a in page.tags("circle", **{"data-pareto": "0"})}
+    # Every other trained trial with a finite GAP and known size is plotted, unmarked.
+    assert unmarked == {"t01", "t04", "t06", EVIL_ID}
+    assert all(a["data-state"] == "complete" for a in page.tags("circle", **{"data-pareto": "1"}))
+    # The infeasible trial of known size is marked along the x axis; the unknown-size one is not.
+    assert {a["data-trial"] for a in page.tags("g", **{"data-state": "infeasible"})} == {"t02"}
+    # Budget line present in the size plot (and in the ensemble plot).
+    assert len(page.tags("line", **{"class": "budget"})) == 2
+
+
+def test_history_and_table_order(rows: list[dict]) -> None:
+    page = parse(render_report(rows, summary_for(rows), IMPORTANCES))
+    history = [a for a in page.tags("circle") if "data-pareto" not in a and a.get("data-trial")]
+    # The history plot has one point per trained trial with a finite GAP.
+    assert sorted(a["data-trial"] for a in history) == sorted(
+        r["trial_id"] for r in rows if r["state"] in ("complete", "stopped") and math.isfinite(r["gap"])
+    )
+    assert len(page.tags("path", **{"class": "running-best"})) == 1
+    order = [a["data-trial"] for a in page.tags("tr") if a.get("data-trial") and "class" in a]
+    assert order[:8] == ["t06", "t10", "t00", "t03", "t04", "t05", EVIL_ID, "t01"]
+    # Untrained (and NaN-GAP) trials last, in trial order.
+    assert order[8:] == ["t02", "t07", "t09", "t11", "t12"]
+    bars = [a["data-param"] for a in page.tags("g", **{"class": "bar"})]
+    assert bars == ["lr", "cluster_size", "gating"]
+
+
+def test_no_ensemble_and_no_importances(rows: list[dict]) -> None:
+    text = render_report(rows, summary_for(rows, ensemble=False), {})
+    page = parse(text)
+    assert len(page.tags("svg")) == 2
+    assert "not enough fully trained trials" in text.lower()
+    assert len(page.tags("table")) == 1
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["empty", "only_infeasible", "one_trial", "nan_gaps", "all_equal", "single_stopped", "missing_keys"],
+)
+def test_degenerate_inputs(case: str) -> None:
+    summary: dict = {"space": "s.yaml", "space_hash": "h", "version": "0", "run_dir": "r", "objectives": ["gap"],
+                     "budget": {"max_model_bytes": None, "ensemble_bytes": None, "storage_dtype": "float32"},
+                     "best": None, "pareto": []}  # fmt: skip
+    if case == "empty":
+        rows: list[dict] = []
+    elif case == "only_infeasible":
+        rows = [row("a", "infeasible", NAN, 5 * MB, reason="too big"), row("b", "infeasible", NAN, -1)]
+        summary["budget"]["max_model_bytes"] = 1 * MB
+    elif case == "one_trial":
+        rows = [row("a", "complete", 0.5, 2 * MB)]
+        summary["best"] = {"trial_id": "a", "model": "nextvlad", "hparams": {}, "gap": 0.5, "epochs": 10,
+                           "params": 1, "size_bytes": 2 * MB, "checkpoint": "", "predictions": "", "config": {}}  # fmt: skip
+        summary["ensemble"] = {"members": ["a"], "weights": [1], "gap": 0.5, "selection_gap": 0.5,
+                               "size_bytes": 2 * MB, "budget_bytes": 2 * MB, "path": "", "curve": [[2 * MB, 0.5]]}  # fmt: skip
+    elif case == "nan_gaps":
+        rows = [row("a", "complete", NAN, 2 * MB), row("b", "stopped", NAN, NAN), row("c", "error", NAN, 0)]
+        summary["ensemble"] = {"members": [], "weights": [], "gap": NAN, "curve": [[NAN, NAN]]}
+    elif case == "all_equal":
+        rows = [row(f"t{i}", "complete", 0.0, 3 * MB) for i in range(4)]
+        summary["budget"]["max_model_bytes"] = 3 * MB
+    elif case == "single_stopped":
+        rows = [row("a", "stopped", 1.0, 7, epochs=1)]
+    else:
+        rows = [{"trial_id": "a", "state": "complete", "gap": 0.4}, {"trial_id": "b"}]
+        summary = {}
+    text = render_report(rows, summary, {"x": NAN} if case == "nan_gaps" else {})
+    page = parse(text)
+    assert text.startswith("<!DOCTYPE html>")
+    assert len(page.tags("svg")) == (3 if "ensemble" in summary else 2)
+    assert "nan" not in "".join(page.text).lower().replace("nonlocal", "")
+    for r in rows:
+        assert r["trial_id"] in [a.get("data-trial") for a in page.tags("tr")]
+    # No coordinate is NaN or infinite.
+    for _, attrs in page.starts:
+        for k in ("cx", "cy", "x", "y", "x1", "x2", "y1", "y2", "width", "d"):
+            v = attrs.get(k) or ""
+            assert "nan" not in v.lower() and "inf" not in v.lower(), (k, v)
+    if case == "all_equal":
+        assert {a["data-trial"] for a in page.tags("circle", **{"data-pareto": "1"})} == {f"t{i}" for i in range(4)}
+
+
+def test_write_report(tmp_path, rows: list[dict]) -> None:
+    run_dir = tmp_path / "run"
+    path = write_report(str(run_dir), rows, summary_for(rows), IMPORTANCES)
+    assert path == os.path.join(str(run_dir), "report.html")
+    assert os.listdir(run_dir) == ["report.html"]  # no temp file left behind
+    text = open(path, encoding="utf-8").read()
+    assert text == render_report(rows, summary_for(rows), IMPORTANCES)
+    # Overwrites in place.
+    write_report(str(run_dir), [], summary_for([], ensemble=False), {})
+    assert os.listdir(run_dir) == ["report.html"]
+    assert "no trials" in open(path, encoding="utf-8").read()

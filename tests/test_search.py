@@ -1,0 +1,141 @@
+"""The search layer without a cluster: the size-aware space, states, Pareto front, dry run, CLI errors."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+
+from yt8m_search import config, models, run, search
+
+SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("space", SPACES, ids=lambda p: p.name)
+def test_every_shipped_space_validates(space: Path) -> None:
+    spec = config.load(space)
+    assert spec.families and spec.search.num_samples >= 1
+
+
+def test_space_samples_conditionally_and_rejects_over_budget_configs() -> None:
+    spec = config.load(SMOKE)
+    space = search.SearchSpace(spec.parameters, spec.budget.max_model_bytes, spec.budget.storage_dtype)
+    space = pickle.loads(pickle.dumps(space))  # Tune pickles the searcher with its space
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = {True: 0, False: 0}
+    for _ in range(40):
+        trial = study.ask()
+        extra = space(trial)
+        values = {**trial.params, **{k: v for k, v in extra.items() if k in {p.name for p in spec.parameters}}}
+        family, hparams = search.model_of(values, spec.parameters)
+        assert ("temperature" in values) == (family == "mix_nextvlad")
+        assert ("num_mixtures" in values) == (values["classifier"] == "moe")
+        size = models.size_bytes(family, dtype="bfloat16", **hparams)
+        assert extra["size_bytes"] == size
+        assert extra["feasible"] == (size <= spec.budget.max_model_bytes)
+        seen[extra["feasible"]] += 1
+        study.tell(trial, 0.0)
+        constraint = study.trials[-1].constraints["size_over_budget"]
+        assert (constraint <= 0) == extra["feasible"], constraint
+    assert seen[True] and seen[False]  # the smoke budget really constrains the space
+
+
+def test_states_and_pareto_front_use_fully_trained_trials_only() -> None:
+    assert search.trial_state("TERMINATED", {"epoch": 3}, False, 3) == "complete"
+    assert search.trial_state("TERMINATED", {"epoch": 1}, False, 3) == "stopped"
+    assert search.trial_state("TERMINATED", {"epoch": 3, "infeasible": 1}, False, 3) == "infeasible"
+    assert search.trial_state("ERROR", None, True, 3) == "error"
+    rows = [
+        {"trial_id": "a", "state": "complete", "gap": 0.5, "size_bytes": 10},
+        {"trial_id": "b", "state": "complete", "gap": 0.4, "size_bytes": 5},
+        {"trial_id": "c", "state": "complete", "gap": 0.3, "size_bytes": 8},  # dominated by b
+        {"trial_id": "d", "state": "stopped", "gap": 0.9, "size_bytes": 1},  # partial: never on the front
+    ]
+    assert [r["trial_id"] for r in search.pareto_front(rows)] == ["a", "b"]
+
+
+def test_dry_run_prints_space_budget_and_sampled_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main([str(SMOKE), "--dry-run", "search.seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "budget check:" in out and "first 5 sampled configurations:" in out
+    assert out.count(" MB ") >= 5 and "family" in out
+
+
+def test_cli_exit_codes_for_bad_spaces_and_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("groups: {choice: [2, 4]}", "groups: {choice: []}")
+                   .replace("epochs: 3", "epochs: zero"))
+    assert run.main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "model.hparams.groups.choice: expected a non-empty list" in err and "trial.epochs" in err
+    assert run.main([str(SMOKE), "budget.max_model_bytes=1000"]) == 2
+    assert "below every configuration" in capsys.readouterr().err
+    assert run.main([str(SMOKE), "--resume", "--output", str(tmp_path / "none")]) == 2
+    assert "no sweep to resume" in capsys.readouterr().err
+    assert run.main(["--bogus"]) == 2
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hparams.colour=3", "model.hparams.colour: not a hyperparameter of nextvlad"),
+        ("model.hparams.temperature={float: [0, 1], when: {famly: mix_nextvlad}}", "condition on a missing parameter"),
+        ("model.hparams.clusters={int: [32, 8]}", "empty range"),
+        ("model.hparams.clusters={int: [8, 32], step: 5}", "dividing high - low"),
+        ("trial.learning_rate={logfloat: [0, 1]}", "log range needs low > 0"),
+        ("trial.epochs={int: [1, 3]}", "trial.epochs: cannot be searched"),
+        ("search.objectives=[size]", "search.objectives"),
+        ("model.family=resnet", "unknown model 'resnet'"),
+        ("trial.cpus_per_worker=0", "must be non-zero"),
+    ],
+)
+def test_malformed_space_errors_name_their_key_path(override: str, message: str) -> None:
+    with pytest.raises(config.SpecError, match="") as info:
+        config.load(SMOKE, [override])
+    assert any(message in e for e in info.value.errors), info.value.errors
+
+
+def test_multi_objective_searcher_keeps_two_directions() -> None:
+    spec = config.load(SMOKE, ["search.objectives=[gap, size]"])
+    searcher = search.make_searcher(spec)
+    searcher.set_search_properties(None, None, {})
+    assert len(searcher._ot_study.directions) == 2
+    assert not math.isnan(spec.budget.ensemble_bytes)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
+    """The embedded default, shrunk: trials train, infeasible ones are rejected, outputs appear."""
+    import csv
+    import json
+
+    out = tmp_path / "run"
+    overrides = [
+        "data.synthetic.train_videos=240", "data.synthetic.validation_videos=80", "data.synthetic.shards=2",
+        f"data.synthetic.cache={tmp_path / 'cache'}", "search.num_samples=4", "trial.epochs=2",
+        "trial.batch_size=32",
+    ]
+    assert run.main([str(SMOKE), *overrides, "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 4 and sum(summary["trials"].values()) == 4
+    for row in rows:
+        size = int(float(row["size_bytes"]))
+        if row["state"] == "infeasible":  # never trained: no Train run folder was made for it
+            assert size > 8e6 and not (out / "trials" / f"trial-{row['trial_id']}").exists()
+        else:
+            assert row["state"] in ("complete", "stopped") and size <= 8e6 and Path(row["predictions"]).exists()
+    best = summary["best"]
+    assert best is not None and best["gap"] > 0.02 and Path(best["checkpoint"], "model.pt").exists()
+    for key in ("trial_id", "config", "gap", "epochs", "params", "size_bytes", "checkpoint", "predictions"):
+        assert key in best
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert (out / "optuna.journal").stat().st_size > 0
+    assert list((out / "tune").glob("*/wandb/offline-run-*")), "W&B offline runs"
+    ensemble = summary["ensemble"]
+    assert ensemble["size_bytes"] <= ensemble["budget_bytes"] and Path(ensemble["path"]).exists()
