@@ -118,7 +118,7 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     overrides = [
         "data.synthetic.train_videos=240", "data.synthetic.validation_videos=80", "data.synthetic.shards=2",
         f"data.synthetic.cache={tmp_path / 'cache'}", "search.num_samples=4", "trial.epochs=2",
-        "trial.batch_size=32",
+        "trial.batch_size=32", "data.synthetic.num_classes=40", "model.hparams.num_classes=40",
     ]
     assert run.main([str(SMOKE), *overrides, "--output", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -131,7 +131,9 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
         else:
             assert row["state"] in ("complete", "stopped") and size <= 8e6 and Path(row["predictions"]).exists()
     best = summary["best"]
-    assert best is not None and best["gap"] > 0.02 and Path(best["checkpoint"], "model.pt").exists()
+    assert best is not None and Path(best["checkpoint"], "model.pt").exists()
+    print("best GAP", best["gap"])
+    assert best["gap"] > 0.15  # 40 classes, ~3 labels: a random ranking scores about 0.08
     for key in ("trial_id", "config", "gap", "epochs", "params", "size_bytes", "checkpoint", "predictions"):
         assert key in best
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
