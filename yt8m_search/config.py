@@ -530,7 +530,7 @@ def _check_models(params: list[Parameter], budget: BudgetSpec, check: _Checker) 
                                     "restrict it with when: {family: ...}")
     if check.errors or not families:
         return
-    smallest, checked, valid = _smallest_config(params, budget.storage_dtype)
+    smallest, checked, valid = smallest_config(params, budget.storage_dtype)
     if valid == 0:
         check.errors.append(f"model: none of the {checked} configurations checked is a valid model "
                             f"(e.g. {smallest[1]})")
@@ -565,7 +565,7 @@ def configurations(params: Sequence[Parameter], limit: int = 20_000, seed: int =
     return out, min(total, limit)
 
 
-def _smallest_config(params: list[Parameter], dtype: str) -> tuple[tuple[float, str], int, int]:
+def smallest_config(params: list[Parameter], dtype: str) -> tuple[tuple[float, str], int, int]:
     from yt8m_search import models
 
     smallest: tuple[float, str] = (float("inf"), "")

@@ -66,7 +66,7 @@ def dry_run(spec: config.Spec, samples: int = 5) -> None:
     budget = spec.budget
     limit = f"{budget.max_model_bytes:,} bytes" if budget.max_model_bytes else "none"
     print(f"budget: per model {limit}, ensemble {budget.ensemble_bytes:,} bytes, stored as {budget.storage_dtype}")
-    smallest, checked, valid = config._smallest_config(list(spec.parameters), budget.storage_dtype)
+    smallest, checked, valid = config.smallest_config(list(spec.parameters), budget.storage_dtype)
     print(f"budget check: {valid} of {checked} configurations checked are valid models; "
           f"the smallest needs {smallest[0]:,.0f} bytes ({smallest[1]})")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
