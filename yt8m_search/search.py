@@ -17,6 +17,7 @@ offline runs inside each trial folder), ``trials/`` (every trial's Train run: ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -115,29 +116,14 @@ class SweepContext:
         family, hparams = model_of(values, self.spec.parameters)
         trial = dict(self.spec.trial or {})
         trial.update({k: v for k, v in values.items() if k in trial or k in _SEARCHABLE_TRIAL})
+        trial["lr_decay_examples"] = int(trial["lr_decay_examples"])  # a searched value may be a float
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}  # TRIAL_FIELDS are TrainConfig fields
         return TrainConfig(
             model=family,
             hparams=hparams,
-            epochs=trial["epochs"],
-            batch_size=trial["batch_size"],
-            eval_batch_size=trial["eval_batch_size"],
-            learning_rate=trial["learning_rate"],
-            lr_decay=trial["lr_decay"],
-            lr_decay_examples=int(trial["lr_decay_examples"]),
-            clip_norm=trial["clip_norm"],
-            l2=trial["l2"],
-            num_workers=trial["num_workers"],
-            gpus_per_worker=trial["gpus_per_worker"],
-            cpus_per_worker=trial["cpus_per_worker"],
-            pad_to=trial["pad_to"],
-            shuffle_buffer=trial["shuffle_buffer"],
-            keep_checkpoints=trial["keep_checkpoints"],
-            average_last=trial["average_last"],
-            prediction_top_k=trial["prediction_top_k"],
             storage_dtype=self.spec.budget.storage_dtype,
-            max_failures=trial["max_failures"],
             seed=self.spec.search.seed,
-            max_steps_per_epoch=trial["max_steps_per_epoch"],
+            **{k: v for k, v in trial.items() if k in fields},
         )
 
 
