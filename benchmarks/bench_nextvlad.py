@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import time
+from statistics import median
 
 import torch
 import torch.nn.functional as F
@@ -142,12 +143,6 @@ def make_step(model, x, mask, labels, autocast: bool):
         return time.perf_counter() - start
 
     return step
-
-
-def median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def main() -> None:

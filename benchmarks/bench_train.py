@@ -34,6 +34,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from statistics import median  # noqa: E402
 from collections.abc import Iterable  # noqa: E402
 
 import torch  # noqa: E402
@@ -41,7 +42,7 @@ from bench_loader import _cpu_seconds, shards, start_ray  # noqa: E402  (benchma
 
 from yt8m_search import models  # noqa: E402
 from yt8m_search.data.loading import VideoBatch, iter_video_batches, read_videos  # noqa: E402
-from yt8m_search.train import TrainConfig, clip_per_parameter_, fit, learning_rate, make_optimizer  # noqa: E402
+from yt8m_search.train import TrainConfig, fit, make_optimizer, train_step  # noqa: E402
 
 PAPER = dict(groups=8, clusters=128, expansion=2, hidden_size=2048, gating_reduction=8, dropout=0.5,
              classifier="logistic", num_classes=3862)
@@ -83,34 +84,18 @@ def step_times(cfg: TrainConfig, batches: list[VideoBatch], steps: int, warmup: 
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.model, **cfg.hparams).to(device).train()
     optimizer = make_optimizer(model, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
     examples_seen, times, cpu_times = 0, [], []
     for i in range(warmup + steps):
         sync(device)
         start, start_cpu = time.perf_counter(), time.process_time()
         batch = batches[i % len(batches)].to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, examples_seen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            output = model(batch.features, batch.mask)
-        loss = model.loss(output, batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_per_parameter_(params, cfg.clip_norm)
-        optimizer.step()
-        loss.item()  # the loop's per-step sync
+        train_step(model, optimizer, batch, cfg, examples_seen).item()  # .item(): the loop's per-step sync
         sync(device)
         examples_seen += len(batch)
         if i >= warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - start_cpu)
     return times, cpu_times
-
-
-def median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def main() -> None:

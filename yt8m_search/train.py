@@ -135,6 +135,26 @@ def make_optimizer(model: models.VideoModel, cfg: TrainConfig) -> torch.optim.Ad
     return torch.optim.Adam(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: VideoBatch, cfg: TrainConfig, examples_seen: int
+) -> Tensor:
+    """One optimisation step of the recipe on a batch already on the model's device; returns the loss.
+
+    ``model`` may be DDP-wrapped: the forward goes through the wrapper (gradient sync), the loss
+    through the family's own ``loss``."""
+    core: models.VideoModel = getattr(model, "module", model)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, examples_seen)
+    with _autocast(batch.features.device):
+        output = model(batch.features, batch.mask)
+    loss = core.loss(output, batch.labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip_per_parameter_([p for group in optimizer.param_groups for p in group["params"]], cfg.clip_norm)
+    optimizer.step()
+    return loss
+
+
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
@@ -324,7 +344,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
 
     model = ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
     core: models.VideoModel = getattr(model, "module", model)
-    params = [p for p in model.parameters() if p.requires_grad]
     train_shard = ray.train.get_dataset_shard("train")
     my_val_files = config["validation_files"][rank::world]
     per_worker_batch = cfg.batch_size // world
@@ -347,17 +366,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
         )
         for batch in batches:
             _maybe_inject_fault(config.get("fault"), epoch, steps, rank)
-            batch = batch.to(device)
-            lr = learning_rate(cfg, examples_seen)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with _autocast(device):
-                output = model(batch.features, batch.mask)
-            loss = core.loss(output, batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_per_parameter_(params, cfg.clip_norm)
-            optimizer.step()
+            loss = train_step(model, optimizer, batch.to(device), cfg, examples_seen)
             steps += 1
             examples_seen += per_worker_batch * world
             epoch_examples += per_worker_batch * world
