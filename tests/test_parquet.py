@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,36 +202,6 @@ def test_cli(tmp_path: Path, shards: list[str], capsys: pytest.CaptureFixture[st
 
 # ---------------------------------------------------------------------------------------------------------------
 # S3 via a local moto server
-
-
-@pytest.fixture
-def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    pytest.importorskip("moto.server")  # moto[server]; run with this interpreter, not a moto_server on PATH
-    boto3 = pytest.importorskip("boto3")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
-                           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(key, value)
-        client = boto3.client("s3")
-        for _ in range(100):
-            try:
-                client.create_bucket(Bucket="yt8m-test")
-                break
-            except Exception:  # the server is still starting
-                time.sleep(0.1)
-        else:
-            pytest.skip("moto server did not start")
-        yield "s3://yt8m-test"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_s3_round_trip(tmp_path: Path, s3_bucket: str) -> None:

@@ -141,3 +141,59 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     assert list((out / "tune").glob("*/wandb/offline-run-*")), "W&B offline runs"
     ensemble = summary["ensemble"]
     assert ensemble["size_bytes"] <= ensemble["budget_bytes"] and Path(ensemble["path"]).exists()
+
+
+def _trial_spans(out: Path) -> list[tuple[float, float]]:
+    """(start, end) wall-clock seconds of every trained trial, from Tune's per-trial result logs."""
+    import json
+
+    spans = []
+    for log in (out / "tune").glob("*/result.json"):
+        results = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        trained = [r for r in results if not r.get("infeasible")]
+        if trained:
+            spans.append((trained[0]["timestamp"] - trained[0]["time_this_iter_s"], trained[-1]["timestamp"]))
+    return spans
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_way_finishes_with_resume(ray_local: None, tmp_path: Path) -> None:
+    """Two trials at a time; the driver (and its Ray instance) is SIGKILLed once a trial has finished;
+    ``--resume`` completes the sweep without re-running the finished trial."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    overrides = [
+        "data.synthetic.train_videos=240", "data.synthetic.validation_videos=80", "data.synthetic.shards=2",
+        f"data.synthetic.cache={tmp_path / 'cache'}", "search.num_samples=5", "trial.epochs=2", "search.asha=null",
+        "trial.batch_size=32", "data.synthetic.num_classes=40", "model.hparams.num_classes=40",
+        "search.max_concurrent=2", "budget.max_model_bytes=1e9",  # every trial trains
+    ]
+    command = [sys.executable, "-m", "yt8m_search.run", str(SMOKE), *overrides, "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+    driver = subprocess.Popen(command, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished: dict[str, float] = {}
+    deadline = time.monotonic() + 600
+    while not finished and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(1)
+        for last in (out / "trials").glob("trial-*/epoch_002"):  # a Train run's final checkpoint
+            time.sleep(5)  # let it finish persisting and its report reach Tune
+            finished[last.parent.name] = (last.parent / "history.json").stat().st_mtime
+    assert finished and driver.poll() is None, "no trial finished while the sweep ran"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    driver.wait()
+    assert not (out / "summary.json").exists()
+
+    assert run.main([str(SMOKE), *overrides, "--output", str(out), "--resume"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trials"]["complete"] == 5 and sum(summary["trials"].values()) == 5
+    for name, mtime in finished.items():  # finished before the kill: not trained again
+        assert (out / "trials" / name / "history.json").stat().st_mtime == mtime
+    spans = sorted(_trial_spans(out))
+    assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans  # 2 at a time

@@ -134,14 +134,18 @@ class AshaSpec:
     reduction_factor: int = 2
 
 
+SAMPLERS = ("tpe", "random")
+
+
 @dataclass(frozen=True)
 class SearchSpec:
     num_samples: int = 8
-    max_concurrent: int | None = None  # None: as many as the cluster's resources allow
+    max_concurrent: int | None = None  # None: as many as the cluster holds at the start; set: that many (autoscaling)
     seed: int = 0
     objectives: tuple[str, ...] = ("gap",)  # or ("gap", "size")
     asha: AshaSpec | None = AshaSpec()
     startup_trials: int = 4  # random trials before TPE models the space
+    sampler: str = "tpe"  # tpe | random (a baseline: what TPE gains)
     max_failures: int = 1  # Tune-level retries of a crashed trial (resumes from its checkpoint)
 
 
@@ -234,7 +238,7 @@ class _Checker:
 def _data_spec(raw: Any, check: _Checker) -> DataSpec:
     section = check.mapping(raw, "data", ["train", "validation", "synthetic"])
     synthetic = None
-    if "synthetic" in section:
+    if section.get("synthetic") is not None:  # `data.synthetic=null` switches to the given paths
         syn = check.mapping(section["synthetic"], "data.synthetic", list(SyntheticSpec.__dataclass_fields__))
         path, d = "data.synthetic", SyntheticSpec()
         synthetic = SyntheticSpec(
@@ -431,6 +435,10 @@ def _search_spec(raw: Any, check: _Checker, epochs: int) -> SearchSpec:
             )
             if asha.grace_period > epochs:
                 check.errors.append(f"search.asha.grace_period: {asha.grace_period} exceeds trial.epochs {epochs}")
+    sampler = section.get("sampler", d.sampler)
+    if sampler not in SAMPLERS:
+        check.errors.append(f"search.sampler: must be one of {list(SAMPLERS)}, got {sampler!r}")
+        sampler = d.sampler
     max_concurrent = section.get("max_concurrent")
     if max_concurrent is not None:
         max_concurrent = check.integer(section, "max_concurrent", "search", 1, 1)
@@ -442,6 +450,7 @@ def _search_spec(raw: Any, check: _Checker, epochs: int) -> SearchSpec:
         asha=asha,
         startup_trials=check.integer(section, "startup_trials", "search", d.startup_trials, 0),
         max_failures=check.integer(section, "max_failures", "search", d.max_failures, 0),
+        sampler=sampler,
     )
 
 

@@ -14,9 +14,9 @@ otherwise (its GAP is an approximation, not a bound: GAP depends on ranks). The 
 validation GAP (dense, from the stored bf16 weights) is the number reported as ``gap``, the
 approximation's as ``selection_gap``.
 
-Checkpoint averaging: the trainer evaluates the mean of a trial's last epochs; when that scored
-better than its best epoch the ensemble entry notes it (those weights are not saved, so the bundle
-uses the best epoch).
+Checkpoint averaging: with ``average_last`` the trainer evaluates the mean of a trial's last epochs'
+weights and, when that scores higher than every single epoch, saves the average as the trial's
+model and predictions; the selection and the bundle then use it, and the entry notes it.
 
 Fast GAP. Per video only the classes in the union of the current members' top-k (plus the
 candidate being tried) can score above 0, so a move is scored on a dense ``[V, W]`` float32 matrix
@@ -208,23 +208,15 @@ def _read_predictions(path: str) -> tuple[np.ndarray, list[np.ndarray], np.ndarr
     return ids, _label_lists(table.column("labels")), classes, scores
 
 
-def _averaging_note(trial_id: str, checkpoint: str, gap: float) -> str | None:
-    """A note when the trial's averaged last checkpoints scored better than its best epoch."""
-    if not checkpoint:
-        return None
-    history_path = fs.join(checkpoint.rstrip("/").rsplit("/", 1)[0] if not fs.is_local(checkpoint)
-                           else os.path.dirname(os.path.normpath(checkpoint)), "history.json")
+def _averaging_note(trial_id: str, checkpoint: str) -> str | None:
+    """A note when the trial's saved model is the average of its last epochs (see the module doc)."""
     try:
-        history = json.loads(fs.read_bytes(history_path))
+        meta = json.loads(fs.read_bytes(fs.join(checkpoint, "meta.json"))) if checkpoint else {}
     except (OSError, ValueError):
         return None
-    last = history[-1] if isinstance(history, list) and history else {}
-    averaged = last.get("averaged_gap") if isinstance(last, dict) else None
-    best = last.get("gap_best", gap) if isinstance(last, dict) else gap
-    if averaged is not None and math.isfinite(float(averaged)) and float(averaged) > float(best):
-        return (f"trial {trial_id}: the average of its last {last.get('averaged_epochs', '?')} epochs scored "
-                f"GAP {float(averaged):.4f} > {float(best):.4f} of its best epoch; those averaged weights are "
-                "not saved, so the bundle uses the best epoch")
+    epochs = meta.get("averaged_epochs", 0) if isinstance(meta, dict) else 0
+    if epochs:
+        return f"trial {trial_id}: exports the average of its last {epochs} epochs (it beat every single epoch)"
     return None
 
 
@@ -268,7 +260,7 @@ def load_candidates(run_dir: str, *, storage_dtype: str | None = None) -> list[C
         else:
             _check_same_videos(reference, trial_id, ids, labels)
             ids, labels = reference[1], reference[2]  # one shared copy
-        note = _averaging_note(trial_id, checkpoint, _number(row.get("gap")))
+        note = _averaging_note(trial_id, checkpoint)
         loaded.append(Candidate(
             trial_id=trial_id, model=model, hparams=hparams, size_bytes=int(size), video_ids=ids, labels=labels,
             classes=classes, scores=scores, gap=_number(row.get("gap")), checkpoint=checkpoint,

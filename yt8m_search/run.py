@@ -110,7 +110,7 @@ def _init_ray() -> None:
 def sweep(spec: config.Spec, run_dir: str, resume: bool) -> dict[str, Any]:
     from ray import tune
 
-    from yt8m_search import search
+    from yt8m_search import search, tracking
 
     experiment = fs.join(run_dir, "tune")
     if resume and not tune.Tuner.can_restore(experiment):
@@ -118,7 +118,7 @@ def sweep(spec: config.Spec, run_dir: str, resume: bool) -> dict[str, Any]:
     if not resume and fs.exists(experiment):
         raise UsageError(f"{run_dir} already holds a sweep: pass --resume to continue it, or --output DIR")
     data = prepare_data(spec.data)
-    if spec.wandb.mode == "offline" or (spec.wandb.mode == "online" and not os.environ.get("WANDB_API_KEY")):
+    if tracking.wandb_mode(spec.wandb.mode) == "offline":
         os.environ["WANDB_MODE"] = "offline"  # before Ray starts, so the logging actors inherit it
     _init_ray()
     print(f"sweep {spec.name}: {spec.search.num_samples} trials -> {run_dir}", flush=True)

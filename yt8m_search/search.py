@@ -31,7 +31,7 @@ import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from yt8m_search import __version__, models
+from yt8m_search import __version__, models, tracking
 from yt8m_search.config import Parameter, Spec
 from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths
@@ -178,10 +178,14 @@ def make_searcher(spec: Spec) -> FidelityAwareOptunaSearch:
 
     metrics = [OBJECTIVE_METRICS[o] for o in spec.search.objectives]
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=True
-    sampler = optuna.samplers.TPESampler(
-        seed=spec.search.seed, n_startup_trials=spec.search.startup_trials, multivariate=True, group=True,
-        constant_liar=True,
-    )
+    sampler: optuna.samplers.BaseSampler
+    if spec.search.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.search.seed, n_startup_trials=spec.search.startup_trials, multivariate=True, group=True,
+            constant_liar=True,  # concurrent trials: pending ones count as bad, so TPE spreads out
+        )
     return FidelityAwareOptunaSearch(
         space=SearchSpace(spec.parameters, spec.budget.max_model_bytes, spec.budget.storage_dtype),
         metric=[m for m, _ in metrics] if spec.multi_objective else metrics[0][0],
@@ -239,46 +243,26 @@ class LiveView(tune.Callback):
             self.last, self.printed_at = text, now
 
 
-def _wandb_callback(spec: Spec, run_name: str) -> Any:
-    if spec.wandb.mode == "disabled":
-        return None
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
-    mode = spec.wandb.mode
-    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-        print("wandb: mode online but no WANDB_API_KEY is set; logging offline (sync later with `wandb sync`)")
-        mode = "offline"
-    if mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"  # Ray checks this in the driver before looking for a key
-    os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLoggerCallback(
-        project=spec.wandb.project,
-        entity=spec.wandb.entity,
-        group=run_name,
-        mode=mode,
-        upload_timeout=60,
-        excludes=["checkpoint", "predictions", "infeasible_reason"],
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The sweep
 
 
 def max_concurrent_trials(spec: Spec) -> int:
-    """As many trials as the cluster's resources hold, capped by search.max_concurrent.
+    """``search.max_concurrent`` when set (an autoscaling cluster grows to meet it: its workers do
+    not exist yet when the sweep starts); else as many trials as the cluster's resources hold now.
 
     Half a CPU stays free for Ray Data's read tasks (``loading.READ_CPUS`` each): with every CPU
     held by training workers the loaders cannot run and the trials wait forever."""
     import ray
 
+    if spec.search.max_concurrent:
+        return spec.search.max_concurrent
     trial = spec.trial or {}
     resources = ray.cluster_resources()
     fits = [(resources.get("CPU", 1) - 0.5) // (trial["num_workers"] * trial["cpus_per_worker"])]
     if trial["gpus_per_worker"]:
         fits.append(resources.get("GPU", 0) // (trial["num_workers"] * trial["gpus_per_worker"]))
-    limit = max(1, int(min(fits)))
-    return min(limit, spec.search.max_concurrent) if spec.search.max_concurrent else limit
+    return max(1, int(min(fits)))
 
 
 def run_sweep(spec: Spec, data: DataPaths, run_dir: str, *, resume: bool = False) -> list[dict[str, Any]]:
@@ -290,7 +274,9 @@ def run_sweep(spec: Spec, data: DataPaths, run_dir: str, *, resume: bool = False
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0.01})
     experiment = fs.join(run_dir, "tune")
     callbacks = [LiveView(epochs)]
-    wandb = _wandb_callback(spec, spec.name)
+    name = fs.basename(run_dir)
+    group = spec.name if name == spec.name else f"{spec.name}-{name}"  # one W&B group per sweep
+    wandb = tracking.wandb_callback(spec.wandb.project, spec.wandb.entity, spec.wandb.mode, group)
     if wandb is not None:
         callbacks.append(wandb)
     if resume and tune.Tuner.can_restore(experiment):

@@ -351,6 +351,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     run_dir = config["run_dir"]
     best_dir = fs.join(run_dir, "best")
 
+    if history and start_epoch >= cfg.epochs:
+        # Restored a run that had already finished (its driver died before the last report reached
+        # Tune): report the final epoch again, so the caller still gets its result.
+        ray.train.report(history[-1])
     for epoch in range(start_epoch + 1, cfg.epochs + 1):  # epochs are 1-based in every report
         model.train()
         started, steps, loss_sum, epoch_examples = time.perf_counter(), 0, 0.0, 0
@@ -387,6 +391,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
             best = {"gap": metrics["gap"], "epoch": epoch}
             if rank == 0:
                 _write_best(best_dir, _cpu_state(core), _meta(cfg, count, size_bytes, epoch, metrics), table)
+        averaged_report: dict[str, Any] = {}
+        if averaged is not None and epoch == cfg.epochs:
+            avg_metrics, avg_state, avg_table = _evaluate_average(core, averaged, my_val_files, cfg, device)
+            averaged_report = {f"averaged_{k}": v for k, v in avg_metrics.items()}
+            averaged_report["averaged_epochs"] = averaged["count"]
+            if avg_metrics["gap"] > best["gap"]:  # the average is what the trial exports, when it scores higher
+                best = {"gap": avg_metrics["gap"], "epoch": epoch, "averaged_epochs": averaged["count"]}
+                if rank == 0:
+                    meta = _meta(cfg, count, size_bytes, epoch, avg_metrics) | {"averaged_epochs": averaged["count"]}
+                    _write_best(best_dir, avg_state, meta, avg_table)
 
         report = {
             **metrics,
@@ -399,11 +413,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
             "size_bytes": size_bytes,
             "gap_best": best["gap"],
             "best_epoch": best["epoch"],
+            "best_averaged_epochs": best.get("averaged_epochs", 0),  # >0: best/ holds averaged weights
             "checkpoint": best_dir,
             "predictions": fs.join(best_dir, "predictions.parquet"),
+            **averaged_report,
         }
-        if averaged is not None and epoch == cfg.epochs:
-            report.update(_evaluate_average(core, averaged, my_val_files, cfg, device))
 
         history.append(report)
         if rank == 0:
@@ -503,15 +517,16 @@ def _accumulate_average(averaged: dict[str, Any] | None, model: nn.Module) -> di
 
 def _evaluate_average(
     model: models.VideoModel, averaged: dict[str, Any], files: list[str], cfg: TrainConfig, device: torch.device
-) -> dict[str, Any]:
-    """Evaluate the averaged weights (then restore the trained ones)."""
+) -> tuple[dict[str, Any], dict[str, Tensor], pa.Table | None]:
+    """Evaluate the averaged weights (then restore the trained ones): metrics, the averaged state and
+    its predictions table (rank 0)."""
     trained = _cpu_state(model)
     n = averaged["count"]
     avg = {k: (v / n).to(trained[k].dtype) if v.is_floating_point() else v for k, v in averaged["sum"].items()}
     model.load_state_dict(avg)
-    metrics, _ = _evaluate_globally(model, files, cfg, device)
+    metrics, table = _evaluate_globally(model, files, cfg, device)
     model.load_state_dict(trained)
-    return {f"averaged_{k}": v for k, v in metrics.items()} | {"averaged_epochs": n}
+    return metrics, avg, table
 
 
 # ---------------------------------------------------------------------------------------------

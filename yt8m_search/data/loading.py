@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from yt8m_search.constants import AUDIO_DIM, DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, MAX_FRAMES, NUM_CLASSES, RGB_DIM
+from yt8m_search.data import fs
 
 if TYPE_CHECKING:
     import ray.data
@@ -142,22 +144,37 @@ def _collate_fn(num_classes: int, pad_to: int | None, dequantize: bool) -> Any:
 
 
 def read_videos(paths: str | Sequence[str], *, shuffle: bool = False) -> ray.data.Dataset:
-    """A lazy Ray dataset over Parquet shards: a folder, a file or a list of them, local or s3://.
+    """A lazy Ray dataset over Parquet shards: a folder, a glob, a file or a list of them, local or s3://.
 
-    ``shuffle`` shuffles the file order (per epoch); rows are shuffled further by the local
-    shuffle buffer of ``iter_video_batches``.
+    ``shuffle`` shuffles the file order, anew for every epoch (every execution); rows are shuffled
+    further by the local shuffle buffer of ``iter_video_batches``.
+
+    The shards are listed here, once, and each is read by a task that asks for ``READ_CPUS``.
+    ``ray.data.read_parquet`` would instead list the files in a task asking for a whole CPU, which
+    never gets scheduled when training workers of concurrent trials hold all but a fraction of
+    the CPUs: the trials then wait forever.
     """
     import ray.data
 
-    dataset = ray.data.read_parquet(
-        paths if isinstance(paths, str) else list(paths),
-        shuffle="files" if shuffle else None,
-        file_extensions=["parquet"],
-        # Reading is I/O and decompression, not a whole core: a fractional request lets the read
-        # tasks run beside training workers that hold most CPUs (else trials can wait forever).
-        num_cpus=READ_CPUS,
-    )
-    return dataset.select_columns(COLUMNS)  # projected into the Parquet read by Ray's optimizer
+    files = fs.list_files(paths, pattern="*.parquet")
+    if not files:
+        raise FileNotFoundError(f"no Parquet shards (*.parquet) found at {paths}")
+    dataset = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    if shuffle:
+        dataset = dataset.randomize_block_order()  # one file per block; reseeded per execution
+    return dataset.map_batches(_read_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_CPUS)
+
+
+def _read_shards(paths: pa.Table) -> Iterator[pa.Table]:
+    """Stream each shard's row groups, only the columns training uses."""
+    for path in paths.column("path").to_pylist():
+        try:
+            with fs.open_input(path) as f:
+                shard = pq.ParquetFile(f)
+                for group in range(shard.num_row_groups):
+                    yield shard.read_row_group(group, columns=COLUMNS)
+        except (OSError, pa.ArrowException) as exc:
+            raise ValueError(f"{path}: cannot read Parquet shard: {exc}") from exc
 
 
 def iter_video_batches(

@@ -154,7 +154,8 @@ def _output_name(source: str) -> str:
     return name + ".parquet"
 
 
-def _plan(inputs: str | Sequence[str], output_dir: str) -> list[tuple[str, str]]:
+def plan(inputs: str | Sequence[str], output_dir: str) -> list[tuple[str, str]]:
+    """(source, output) pairs: one ``<stem>.parquet`` in ``output_dir`` per TFRecord input."""
     sources = fs.list_files(inputs, pattern="*.tfrecord*")
     if not sources:
         raise FileNotFoundError(f"no TFRecord files in {inputs}")
@@ -183,16 +184,16 @@ def convert(inputs: str | Sequence[str], output_dir: str, *, workers: int | None
     if level not in _FORMATS:
         raise ValueError(f"level must be one of {sorted(_FORMATS)}, got {level!r}")
     start = time.perf_counter()
-    pairs = _plan(inputs, output_dir)
+    pairs = plan(inputs, output_dir)
     fs.makedirs(output_dir)
     workers = min(workers or os.cpu_count() or 1, len(pairs))
     results: dict[int, ShardResult] = {}
-    bar = _progress_bar(len(pairs), progress)
+    bar = progress_bar(len(pairs), progress)
     try:
         if workers == 1:
             for i, (src, dst) in enumerate(pairs):
-                results[i] = _convert_shard(src, dst, skip_bad, level)
-                _advance(bar, results[i])
+                results[i] = convert_shard(src, dst, skip_bad, level)
+                advance_progress(bar, results[i])
         else:
             _convert_parallel(pairs, workers, skip_bad, level, results, bar)
     finally:
@@ -206,17 +207,17 @@ def _convert_parallel(pairs: list[tuple[str, str]], workers: int, skip_bad: bool
     # spawn, not fork: forking a process whose pyarrow/S3 thread pools are running can deadlock the child.
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_convert_shard, s, d, skip_bad, level): i for i, (s, d) in enumerate(pairs)}
+        futures = {pool.submit(convert_shard, s, d, skip_bad, level): i for i, (s, d) in enumerate(pairs)}
         try:
             for future in cf.as_completed(futures):
                 results[futures[future]] = future.result()
-                _advance(bar, results[futures[future]])
+                advance_progress(bar, results[futures[future]])
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def progress_bar(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm  # only the CLI-facing path needs it
@@ -224,13 +225,14 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="shard", desc="tfrecord->parquet")
 
 
-def _advance(bar: Any, result: ShardResult) -> None:
+def advance_progress(bar: Any, result: ShardResult) -> None:
     if bar is not None:
         bar.update(1)
         bar.set_postfix_str(f"{result.status} {fs.basename(result.source)}", refresh=False)
 
 
-def _convert_shard(source: str, output: str, skip_bad: bool, level: str) -> ShardResult:
+def convert_shard(source: str, output: str, skip_bad: bool, level: str) -> ShardResult:
+    """Convert one shard, or skip it when a complete, verified output of the same source exists."""
     start = time.perf_counter()
     source_bytes = fs.file_size(source)
     done = _verified(output, source_bytes, skip_bad, level)
@@ -258,6 +260,8 @@ def _convert_shard(source: str, output: str, skip_bad: bool, level: str) -> Shar
             })
         finally:
             writer.close()
+    if _verified(output, source_bytes, True, level) is None:  # read back the footer we just wrote
+        raise OSError(f"{output}: the written shard does not verify (schema, row count or source size)")
     return ShardResult(source, output, "converted", num_rows, tuple(bad), source_bytes,
                        fs.file_size(output), time.perf_counter() - start)
 
