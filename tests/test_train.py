@@ -138,18 +138,3 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local: None, small_data: 
     steps_per_epoch = result.history[0]["examples_seen"]
     assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]
 
-
-@pytest.mark.slow
-def test_failed_run_retried_by_its_caller_resumes_from_the_checkpoint(ray_local: None, small_data: DataPaths,
-                                                                      tmp_path: Path) -> None:
-    """What a Tune retry of a failed trial does: ``fit`` again under the same name continues from the
-    last epoch checkpoint instead of starting over."""
-    cfg = _config(epochs=3, max_failures=0)
-    fault = {"epoch": 2, "step": 1, "rank": 0, "marker": str(tmp_path / "killed")}
-    with pytest.raises(Exception):  # noqa: B017 - Ray wraps the worker's death in its own error types
-        fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
-    first = json.loads((tmp_path / "retried" / "history.json").read_text())
-    assert [h["epoch"] for h in first] == [1]
-    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert result.history[0] == first[0]  # epoch 1 was restored, not trained again
