@@ -14,10 +14,12 @@ from yt8m_search import metrics, models
 from yt8m_search.data.loading import iter_video_batches, read_videos
 from yt8m_search.data.prepare import DataPaths
 from yt8m_search.train import (
+    CHECKPOINT_FILE,
     TrainConfig,
     clip_per_parameter_,
     evaluate,
     fit,
+    latest_checkpoint,
     learning_rate,
     load_best_model,
     make_optimizer,
@@ -138,3 +140,26 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_local: None, small_data: 
     steps_per_epoch = result.history[0]["examples_seen"]
     assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]
 
+
+
+@pytest.mark.slow
+def test_a_failed_run_started_again_continues_from_its_last_checkpoint(
+    ray_local: None, small_data: DataPaths, tmp_path: Path
+) -> None:
+    # What a Tune-level retry does: the trial's Train run failed for good, the trial calls fit again.
+    cfg = _config(epochs=3, max_failures=0)
+    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "killed")}
+    with pytest.raises(Exception):
+        fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
+    first = latest_checkpoint(str(tmp_path / "retried"))
+    assert first is not None and first.endswith("epoch_001")
+    epoch_one = torch.load(Path(first) / CHECKPOINT_FILE, weights_only=False)["history"][0]
+
+    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    # epoch 1 was not trained again: its record (timings included) is the failed attempt's
+    assert result.history[0] == epoch_one
+    steps_per_epoch = result.history[0]["examples_seen"]
+    assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]
+    assert latest_checkpoint(str(tmp_path / "retried")).endswith("epoch_003")
+    assert latest_checkpoint(str(tmp_path / "never-ran")) is None

@@ -250,6 +250,34 @@ def _save_checkpoint_dir(directory: Path, state: dict[str, Any]) -> None:
     torch.save(state, directory / CHECKPOINT_FILE)
 
 
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete ``epoch_NNN`` checkpoint directory of a run, or None.
+
+    Train V2 restores a run by name only when its last attempt did not end in error; a run that
+    failed (``max_failures`` spent) and is started again under the same name would train from
+    scratch. ``fit`` passes this directory to the loop, so a Tune-level retry continues instead.
+    """
+    try:
+        files = fs.list_files(fs.join(run_dir, f"epoch_*/{CHECKPOINT_FILE}"))
+    except FileNotFoundError:
+        return None
+    # epoch_NNN sorts by epoch; a directory without its state file (an interrupted upload) never
+    # matches the glob.
+    return files[-1].rsplit("/", 1)[0] if files else None
+
+
+def _load_resume_state(checkpoint: Any, resume_from: str | None) -> dict[str, Any] | None:
+    """The state to continue from: the run's own latest checkpoint (a restart inside this run),
+    else the directory ``fit`` found from an earlier attempt, else None (a fresh start)."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    if resume_from:
+        data = fs.read_bytes(fs.join(resume_from, CHECKPOINT_FILE))
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return None
+
+
 def _write_best(best_dir: str, model_state: dict[str, Tensor], meta: dict[str, Any], table: pa.Table) -> None:
     """model.pt (weights + model name and hyperparameters) and predictions.parquet under best_dir."""
     # Predictions first: a model.pt beside stale predictions would be worse than the reverse.
@@ -332,10 +360,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
 
     start_epoch, examples_seen, best, averaged = 0, 0, {"gap": -1.0, "epoch": 0}, None
     history: list[dict[str, Any]] = []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    state = _load_resume_state(ray.train.get_checkpoint(), config.get("resume_from"))
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, examples_seen, best = state["epoch"], state["examples_seen"], state["best"]
@@ -577,6 +603,7 @@ def fit(
             "train": dataclasses.asdict(cfg),
             "validation_files": validation_files,
             "run_dir": fs.join(storage_path, name),
+            "resume_from": latest_checkpoint(fs.join(storage_path, name)),
             "fault": fault,
         },
         scaling_config=ray.train.ScalingConfig(
