@@ -9,8 +9,11 @@ each under the same ``ray.init(num_cpus=2)``, as the sweep runs them:
   tune only     a function trainable that reports once (Tune's own floor)
   train, empty  the sweep's shape: a function trainable that builds a one-worker TorchTrainer
                 whose loop reports once and returns, with ``TuneReportCallback``
-  train, data   the same, but the loop also opens ``read_videos`` on one small shard and takes one
-                batch (Ray Data's executor start is part of every real trial)
+  train, data   the same, but the trainer gets the training set as ``fit`` passes it
+                (``datasets=`` with a split ``DataConfig``) and the loop takes one batch from its
+                shard: Ray Data's dataset manager, split coordinator and executor start every trial
+  + our env     the same under the Train settings ``fit`` and ``run`` use (``train.TRAIN_ENV``:
+                workers polled every 0.5 s, not 2 s; no preemption watcher on a local Ray)
 
 Per trial = the sweep's wall time / trials (Tune startup and shutdown of the experiment included,
 so the figure is what a sweep of N trials pays N times over). Printed side by side with the ratio
@@ -42,9 +45,10 @@ def _empty_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     if config.get("shard"):
-        from yt8m_search.data.loading import iter_video_batches, read_videos
+        from yt8m_search.data.loading import iter_video_batches
 
-        next(iter(iter_video_batches(read_videos(config["shard"]), batch_size=8, num_classes=config["classes"])))
+        shard = ray.train.get_dataset_shard("train")
+        next(iter(iter_video_batches(shard, batch_size=8, num_classes=config["classes"])))
     ray.train.report({"epoch": 1})
 
 
@@ -54,11 +58,17 @@ def _with_trainer(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from yt8m_search.data.loading import read_videos
+
+    os.environ.update(config.get("env", {}))  # this trial actor's env: Train propagates it to its controller
     trial_id = tune.get_context().get_trial_id()
+    shard = config.get("shard")
     TorchTrainer(
         _empty_loop,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+        datasets={"train": lambda: read_videos(shard, shuffle=True)} if shard else None,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if shard else None,
         run_config=ray.train.RunConfig(name=f"trial-{trial_id}", storage_path=config["storage"],
                                        callbacks=[TuneReportCallback()]),
     ).fit()
@@ -90,6 +100,7 @@ def main() -> None:
     from ray.data import DataContext
 
     from yt8m_search.data.prepare import synthetic_dataset
+    from yt8m_search.train import LOCAL_TRAIN_ENV, TRAIN_ENV
 
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic_dataset(tmp, "bench", train_videos=64, validation_videos=16, shards=1, seed=0,
@@ -101,6 +112,8 @@ def main() -> None:
             ("tune only", sweep(_tune_only, args.trials, {}, tmp)),
             ("train, empty", sweep(_with_trainer, args.trials, base, tmp)),
             ("train, data", sweep(_with_trainer, args.trials, {**base, "shard": data.train}, tmp)),
+            ("+ our env", sweep(_with_trainer, args.trials,
+                                {**base, "shard": data.train, "env": {**TRAIN_ENV, **LOCAL_TRAIN_ENV}}, tmp)),
         ]
         ray.shutdown()
     print(f"\nfixed cost per trial, {args.trials} sequential trials each, ray.init(num_cpus=2), {os.cpu_count()} cores")

@@ -100,6 +100,9 @@ def _init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join the cluster
         ray.init(runtime_env={"env_vars": env}, log_to_driver=False)
     else:
+        from yt8m_search.train import LOCAL_TRAIN_ENV
+
+        env.update({k: os.environ.get(k, v) for k, v in LOCAL_TRAIN_ENV.items()})
         ray.init(num_cpus=os.cpu_count(), log_to_driver=False,  # the dashboard serves the state API Train V2 needs
                  runtime_env={"env_vars": env})
     from ray.data import DataContext
