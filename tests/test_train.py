@@ -19,7 +19,7 @@ from yt8m_search.train import (
     clip_per_parameter_,
     evaluate,
     fit,
-    latest_checkpoint,
+    epoch_checkpoints,
     learning_rate,
     load_best_model,
     make_optimizer,
@@ -151,8 +151,8 @@ def test_a_failed_run_started_again_continues_from_its_last_checkpoint(
     fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "killed")}
     with pytest.raises(Exception):
         fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
-    first = latest_checkpoint(str(tmp_path / "retried"))
-    assert first is not None and first.endswith("epoch_001")
+    first = epoch_checkpoints(str(tmp_path / "retried"))[0]
+    assert first.endswith("epoch_001")
     epoch_one = torch.load(Path(first) / CHECKPOINT_FILE, weights_only=False)["history"][0]
 
     result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
@@ -161,5 +161,23 @@ def test_a_failed_run_started_again_continues_from_its_last_checkpoint(
     assert result.history[0] == epoch_one
     steps_per_epoch = result.history[0]["examples_seen"]
     assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]
-    assert latest_checkpoint(str(tmp_path / "retried")).endswith("epoch_003")
-    assert latest_checkpoint(str(tmp_path / "never-ran")) is None
+    assert [Path(p).name for p in epoch_checkpoints(str(tmp_path / "retried"))][0] == "epoch_003"
+    assert epoch_checkpoints(str(tmp_path / "never-ran")) == []
+
+
+def test_resume_skips_a_checkpoint_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from yt8m_search.train import _newest_state
+
+    for epoch in (1, 2):
+        (tmp_path / f"epoch_{epoch:03d}").mkdir()
+        torch.save({"epoch": epoch}, tmp_path / f"epoch_{epoch:03d}" / CHECKPOINT_FILE)
+    (tmp_path / "epoch_003").mkdir()  # a failed upload: no state file at all
+    full = (tmp_path / "epoch_002" / CHECKPOINT_FILE).read_bytes()
+    (tmp_path / "epoch_002" / CHECKPOINT_FILE).write_bytes(full[: len(full) // 2])  # truncated
+
+    found = epoch_checkpoints(str(tmp_path))
+    assert [Path(p).name for p in found] == ["epoch_002", "epoch_001"]
+    assert _newest_state(found) == ({"epoch": 1}, found[1])
+    out = capsys.readouterr().out
+    assert "skipping unreadable checkpoint" in out and "epoch_002" in out
+    assert _newest_state([]) == (None, None)

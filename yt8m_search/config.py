@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from yt8m_search.constants import MAX_FRAMES
+from yt8m_search.constants import MAX_FRAMES, PLACEMENT_STRATEGIES
 
 DEFAULT_CACHE = "~/.cache/yt8m_search"
 
@@ -120,6 +120,7 @@ TRIAL_FIELDS: dict[str, Any] = {
     "prediction_top_k": (20, False),
     "max_failures": (2, False),
     "max_steps_per_epoch": (None, False),
+    "placement_strategy": ("PACK", False),
     "learning_rate": (2e-4, True),
     "lr_decay": (0.8, True),
     "lr_decay_examples": (2_000_000, True),
@@ -384,7 +385,11 @@ def _trial_parameters(raw: Any, check: _Checker) -> tuple[dict[str, Any], list[P
                 continue
             searched.append(_parameter(key, path, "trial", value, check))
             continue
-        if value is not None:
+        if isinstance(default, str):
+            if value not in PLACEMENT_STRATEGIES:
+                check.errors.append(f"{path}: must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {value!r}")
+                continue
+        elif value is not None:
             number = _number(value)
             if number is None:
                 check.errors.append(f"{path}: expected a number, got {value!r}")

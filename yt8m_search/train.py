@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from yt8m_search import models
-from yt8m_search.constants import NUM_CLASSES
+from yt8m_search.constants import NUM_CLASSES, PLACEMENT_STRATEGIES
 from yt8m_search.data import fs
 from yt8m_search.data.loading import VideoBatch, iter_video_batches, read_videos
 from yt8m_search.metrics import MetricAccumulator
@@ -82,6 +82,7 @@ class TrainConfig:
     max_failures: int = 3
     seed: int = 0
     max_steps_per_epoch: int | None = None  # for benchmarks and quick checks
+    placement_strategy: str = "PACK"  # how the workers spread over nodes (constants.PLACEMENT_STRATEGIES)
 
     def __post_init__(self) -> None:
         errors = []
@@ -101,6 +102,8 @@ class TrainConfig:
             errors.append("clip_norm, l2 and gpus_per_worker must be >= 0 and cpus_per_worker > 0")
         if self.average_last < 0 or self.average_last > self.epochs:
             errors.append(f"average_last must lie in [0, epochs={self.epochs}], got {self.average_last}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            errors.append(f"placement_strategy must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}")
         if self.storage_dtype not in models.STORAGE_DTYPES:
             errors.append(f"storage_dtype must be one of {sorted(models.STORAGE_DTYPES)}, got {self.storage_dtype!r}")
         try:
@@ -258,31 +261,45 @@ def _save_checkpoint_dir(directory: Path, state: dict[str, Any]) -> None:
     torch.save(state, directory / CHECKPOINT_FILE)
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The newest complete ``epoch_NNN`` checkpoint directory of a run, or None.
-
-    Train V2 restores a run by name only when its last attempt did not end in error; a run that
-    failed (``max_failures`` spent) and is started again under the same name would train from
-    scratch. ``fit`` passes this directory to the loop, so a Tune-level retry continues instead.
-    """
+def epoch_checkpoints(run_dir: str) -> list[str]:
+    """A run's ``epoch_NNN`` checkpoint directories that hold a state file, newest first."""
     try:
         files = fs.list_files(fs.join(run_dir, f"epoch_*/{CHECKPOINT_FILE}"))
     except FileNotFoundError:
-        return None
-    # epoch_NNN sorts by epoch; a directory without its state file (an interrupted upload) never
-    # matches the glob.
-    return files[-1].rsplit("/", 1)[0] if files else None
+        return []
+    return [f.rsplit("/", 1)[0] for f in reversed(files)]  # epoch_NNN sorts by epoch
 
 
-def _load_resume_state(checkpoint: Any, resume_from: str | None) -> dict[str, Any] | None:
-    """The state to continue from: the run's own latest checkpoint (a restart inside this run),
-    else the directory ``fit`` found from an earlier attempt, else None (a fresh start)."""
-    if checkpoint is not None:
+def _read_state(directory: str) -> dict[str, Any]:
+    data = fs.read_bytes(fs.join(directory, CHECKPOINT_FILE))
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def _newest_state(directories: Sequence[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest readable state of ``directories`` (newest first) and where it came from."""
+    for directory in directories:
+        try:
+            return _read_state(directory), directory
+        except Exception as err:  # noqa: BLE001 - an upload cut short by a failure: take the one before
+            print(f"skipping unreadable checkpoint {directory}: {type(err).__name__}: {err}", flush=True)
+    return None, None
+
+
+def _resume_state(checkpoint: Any, run_dir: str, rank: int) -> dict[str, Any] | None:
+    """The state to continue from, the same on every rank; None for a fresh start.
+
+    The newest complete checkpoint in the run's storage, not Ray Train's latest registered one:
+    Train V2 registers a checkpoint only once every worker's report is in, so a node lost just after
+    an epoch's checkpoint was written, or a run that failed for good and is started again under the
+    same name (a Tune-level retry), would otherwise start that epoch, or the whole run, over.
+    """
+    state, source = _newest_state(epoch_checkpoints(run_dir)) if rank == 0 else (None, None)
+    source = _broadcast(source)
+    if source is not None:
+        return state if rank == 0 else _read_state(source)
+    if checkpoint is not None:  # storage listed nothing readable: Train's own checkpoint
         with checkpoint.as_directory() as directory:
             return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    if resume_from:
-        data = fs.read_bytes(fs.join(resume_from, CHECKPOINT_FILE))
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     return None
 
 
@@ -368,7 +385,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
 
     start_epoch, examples_seen, best, averaged = 0, 0, {"gap": -1.0, "epoch": 0}, None
     history: list[dict[str, Any]] = []
-    state = _load_resume_state(ray.train.get_checkpoint(), config.get("resume_from"))
+    state = _resume_state(ray.train.get_checkpoint(), config["run_dir"], rank)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -436,8 +453,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
                     meta = _meta(cfg, count, size_bytes, epoch, avg_metrics) | {"averaged_epochs": averaged["count"]}
                     _write_best(best_dir, avg_state, meta, avg_table)
 
+        worker_nodes = _gather(ray.get_runtime_context().get_node_id())  # on rank 0 only
         report = {
             **metrics,
+            **({"nodes": len(set(worker_nodes))} if rank == 0 else {}),  # distinct nodes this epoch ran on
             "epoch": epoch,
             "train_loss": loss_sum / steps,
             "learning_rate": learning_rate(cfg, examples_seen),
@@ -613,13 +632,13 @@ def fit(
             "train": dataclasses.asdict(cfg),
             "validation_files": validation_files,
             "run_dir": fs.join(storage_path, name),
-            "resume_from": latest_checkpoint(fs.join(storage_path, name)),
             "fault": fault,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.gpus_per_worker > 0,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})},
+            placement_strategy=cfg.placement_strategy,
         ),
         datasets={"train": lambda: read_videos(train_files, shuffle=True)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

@@ -1,0 +1,88 @@
+"""The smoke sweep with its data and its run folder on s3://, against a local S3 server (moto).
+
+The sweep runs in subprocesses: the Ray instance each starts inherits the test's AWS_* settings
+(endpoint and credentials), as an instance profile's would be found on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from yt8m_search.data.prepare import synthetic_dataset
+
+SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+SECRET = "yt8m-test-secret-never-written"
+KEY_ID = "AKIAYT8MTESTKEYID"
+
+
+@pytest.mark.slow
+def test_smoke_sweep_on_s3_is_resumed_and_uploads_its_bundle(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    bucket = s3_bucket.removeprefix("s3://")
+    client = boto3.client("s3")
+    data = synthetic_dataset(tmp_path, "s3", train_videos=240, validation_videos=80, shards=2, seed=1,
+                             num_classes=40, max_frames=20, progress=False)
+    for split, folder in (("train", data.train), ("validation", data.validation)):
+        for shard in sorted(Path(folder).glob("*.parquet")):
+            client.upload_file(str(shard), bucket, f"data/{split}/{shard.name}")
+
+    run = f"{s3_bucket}/runs/smoke"
+    overrides = [
+        "data.synthetic=null", f"data.train={s3_bucket}/data/train", f"data.validation={s3_bucket}/data/validation",
+        "model.hparams.num_classes=40", "search.num_samples=3", "search.max_concurrent=1", "search.asha=null",
+        "trial.epochs=2", "trial.batch_size=32", "budget.max_model_bytes=1e9",  # every trial trains
+    ]
+    command = [sys.executable, "-m", "yt8m_search.run", str(SMOKE), *overrides, "--output", run]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
+
+    # Interrupt the sweep once its first trial has finished: SIGKILL to the driver and its Ray.
+    driver = subprocess.Popen(command, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished: list[str] = []
+    deadline = time.monotonic() + 600
+    while not finished and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(1)
+        listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/smoke/trials/").get("Contents", [])
+        finished = [o["Key"] for o in listing if o["Key"].endswith("epoch_002/state.pt")]
+    assert finished and driver.poll() is None, "no trial finished while the sweep ran"
+    time.sleep(5)  # let its report reach Tune
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert _keys(client, bucket, "runs/smoke/summary.json") == []
+
+    resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert SECRET not in resumed.stdout + resumed.stderr
+
+    summary = json.loads(client.get_object(Bucket=bucket, Key="runs/smoke/summary.json")["Body"].read())
+    assert summary["trials"]["complete"] == 3 and sum(summary["trials"].values()) == 3
+    assert summary["best"]["checkpoint"].startswith(f"{run}/trials/")
+    ensemble = summary["ensemble"]
+    assert ensemble["path"].startswith(f"{run}/") and ensemble["members"]
+    head = client.head_object(Bucket=bucket, Key=ensemble["path"].removeprefix(f"{s3_bucket}/"))
+    assert 0 < head["ContentLength"] <= ensemble["budget_bytes"]
+    for name in ("trials.csv", "report.html", "optuna.journal"):
+        assert _keys(client, bucket, f"runs/smoke/{name}"), name
+
+    # credentials only ever come from the environment: no object of the run holds them
+    for key in _keys(client, bucket, "runs/smoke/"):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert SECRET.encode() not in body and KEY_ID.encode() not in body, key
+
+
+def _keys(client: object, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)  # type: ignore[attr-defined]
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
