@@ -49,15 +49,16 @@ def test_smoke_sweep_on_s3_is_resumed_and_uploads_its_bundle(
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
 
     # Interrupt the sweep once its first trial has finished: SIGKILL to the driver and its Ray.
-    driver = subprocess.Popen(command, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first.log"
+    with log.open("w") as sink:
+        driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     finished: list[str] = []
     deadline = time.monotonic() + 600
     while not finished and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(1)
         listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/smoke/trials/").get("Contents", [])
         finished = [o["Key"] for o in listing if o["Key"].endswith("epoch_002/state.pt")]
-    assert finished and driver.poll() is None, "no trial finished while the sweep ran"
+    assert finished and driver.poll() is None, "no trial finished while the sweep ran:\n" + log.read_text()[-4000:]
     time.sleep(5)  # let its report reach Tune
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()

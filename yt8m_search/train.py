@@ -531,7 +531,7 @@ def _evaluate_globally(
     batches: Iterable[VideoBatch] = []
     if files:
         batches = iter_video_batches(
-            read_videos(files),
+            read_videos(files, listed=True),  # listed by fit
             batch_size=cfg.eval_batch_size,
             num_classes=num_classes,
             pad_to=cfg.pad_to,
@@ -640,7 +640,7 @@ def fit(
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})},
             placement_strategy=cfg.placement_strategy,
         ),
-        datasets={"train": lambda: read_videos(train_files, shuffle=True)},
+        datasets={"train": lambda: read_videos(train_files, shuffle=True, listed=True)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=name,

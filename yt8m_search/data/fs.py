@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import os
 import shutil
 import tempfile
@@ -48,10 +49,29 @@ def is_local(uri: str) -> bool:
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """Map a path or URI to ``(filesystem, path inside that filesystem)``."""
+    """Map a path or URI to ``(filesystem, path inside that filesystem)``.
+
+    S3 filesystems retry transient errors (throttling, 5xx, dropped connections) up to
+    ``S3_MAX_ATTEMPTS`` times with the AWS SDK's backoff, not the SDK default of 3.
+    """
     if _scheme(uri) == "":
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    if _scheme(uri) == "s3":
+        path = uri.split("://", 1)[1].rstrip("/")
+        return _s3(path.split("/", 1)[0], os.environ.get("AWS_ENDPOINT_URL", "")), path
     return pafs.FileSystem.from_uri(uri)
+
+
+S3_MAX_ATTEMPTS = 10
+
+
+@functools.lru_cache(maxsize=64)
+def _s3(bucket: str, endpoint: str) -> pafs.S3FileSystem:
+    # One per bucket (its region is looked up once) and endpoint (a changed AWS_ENDPOINT_URL is
+    # honoured). Credentials come from the SDK's default chain: environment, profile, instance role.
+    region = pafs.FileSystem.from_uri(f"s3://{bucket}")[0].region
+    return pafs.S3FileSystem(region=region, endpoint_override=endpoint or None,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS))
 
 
 def _local_path(uri: str) -> str:
@@ -104,11 +124,17 @@ def remove(uri: str) -> None:
         fs.delete_file(path)
 
 
-def open_input(uri: str) -> BinaryIO:
-    """A buffered binary reader for ``uri`` (a plain file object for local paths: the fastest reader)."""
+def open_input(uri: str, *, seekable: bool = False) -> BinaryIO:
+    """A buffered binary reader for ``uri`` (a plain file object for local paths: the fastest reader).
+
+    Remote files are sequential streams unless ``seekable`` (Parquet readers jump to the footer and
+    to row groups: each read is then a ranged request).
+    """
     if is_local(uri):
         return open(_local_path(uri), "rb", buffering=1 << 20)  # noqa: SIM115 - the caller closes it
     fs, path = resolve(uri)
+    if seekable:
+        return fs.open_input_file(path)  # type: ignore[return-value]
     return fs.open_input_stream(path, buffer_size=8 << 20)  # type: ignore[return-value]
 
 

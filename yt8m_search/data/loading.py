@@ -143,11 +143,12 @@ def _collate_fn(num_classes: int, pad_to: int | None, dequantize: bool) -> Any:
     return _Collate()
 
 
-def read_videos(paths: str | Sequence[str], *, shuffle: bool = False) -> ray.data.Dataset:
+def read_videos(paths: str | Sequence[str], *, shuffle: bool = False, listed: bool = False) -> ray.data.Dataset:
     """A lazy Ray dataset over Parquet shards: a folder, a glob, a file or a list of them, local or s3://.
 
     ``shuffle`` shuffles the file order, anew for every epoch (every execution); rows are shuffled
-    further by the local shuffle buffer of ``iter_video_batches``.
+    further by the local shuffle buffer of ``iter_video_batches``. ``listed``: ``paths`` already
+    are the shard files, as ``fs.list_files`` returns them (no second round of listing calls).
 
     The shards are listed here, once, and each is read by a task that asks for ``READ_CPUS``.
     ``ray.data.read_parquet`` would instead list the files in a task asking for a whole CPU, which
@@ -156,7 +157,7 @@ def read_videos(paths: str | Sequence[str], *, shuffle: bool = False) -> ray.dat
     """
     import ray.data
 
-    files = fs.list_files(paths, pattern="*.parquet")
+    files = list(paths) if listed and not isinstance(paths, str) else fs.list_files(paths, pattern="*.parquet")
     if not files:
         raise FileNotFoundError(f"no Parquet shards (*.parquet) found at {paths}")
     dataset = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
@@ -169,7 +170,7 @@ def _read_shards(paths: pa.Table) -> Iterator[pa.Table]:
     """Stream each shard's row groups, only the columns training uses."""
     for path in paths.column("path").to_pylist():
         try:
-            with fs.open_input(path) as f:
+            with fs.open_input(path, seekable=True) as f:
                 shard = pq.ParquetFile(f)
                 for group in range(shard.num_row_groups):
                     yield shard.read_row_group(group, columns=COLUMNS)
