@@ -70,3 +70,10 @@ def test_bad_overrides_and_missing_file(tmp_path: Path) -> None:
         config.load(SMOKE, ["data.synthetic.seed"])
     with pytest.raises(config.SpecError, match="cannot read the space file"):
         config.load(tmp_path / "missing.yaml")
+
+
+def test_placement_strategy_is_checked_and_kept() -> None:
+    with pytest.raises(config.SpecError, match="trial.placement_strategy: must be one of PACK, SPREAD"):
+        config.load(SMOKE, ["trial.placement_strategy=spread"])
+    spec = config.load(SMOKE, ["trial.placement_strategy=SPREAD"])
+    assert spec.trial["placement_strategy"] == "SPREAD"

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from yt8m_search import models
-from yt8m_search.models import gru as gru_mod
 from yt8m_search.models import netvlad as nv
 from yt8m_search.models import nonlocal_netvlad as nl
 from yt8m_search.models.layers import module_count

@@ -149,7 +149,9 @@ def test_a_failed_run_started_again_continues_from_its_last_checkpoint(
     # What a Tune-level retry does: the trial's Train run failed for good, the trial calls fit again.
     cfg = _config(epochs=3, max_failures=0)
     fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "killed")}
-    with pytest.raises(Exception):
+    import ray.train
+
+    with pytest.raises(ray.train.TrainingFailedError):
         fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
     first = epoch_checkpoints(str(tmp_path / "retried"))[0]
     assert first.endswith("epoch_001")

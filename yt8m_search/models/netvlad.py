@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, NUM_CLASSES, RGB_DIM
+from yt8m_search.constants import FEATURE_DIM, NUM_CLASSES, RGB_DIM
 from yt8m_search.models.layers import (
     CLASSIFIERS,
     ContextGating,
