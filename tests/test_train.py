@@ -130,42 +130,32 @@ def test_two_gloo_workers_report_the_global_gap(ray_local: None, small_data: Dat
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_its_checkpoint(ray_local: None, small_data: DataPaths, tmp_path: Path) -> None:
-    cfg = _config(epochs=3)
-    marker = tmp_path / "killed"
-    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(marker)}
-    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "faulty", fault=fault)
-    assert marker.exists()  # the worker really was killed mid-epoch
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]  # epoch 1 kept, epoch 2 redone once
-    steps_per_epoch = result.history[0]["examples_seen"]
-    assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]
-
-
-
-@pytest.mark.slow
-def test_a_failed_run_started_again_continues_from_its_last_checkpoint(
+def test_failed_runs_and_killed_workers_resume_from_the_last_checkpoint(
     ray_local: None, small_data: DataPaths, tmp_path: Path
 ) -> None:
-    # What a Tune-level retry does: the trial's Train run failed for good, the trial calls fit again.
-    cfg = _config(epochs=3, max_failures=0)
-    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "killed")}
     import ray.train
 
+    # 1. A run that fails for good (a worker killed in epoch 2, no restarts allowed), then is
+    #    started again under its name, as a Tune-level retry does: it continues after epoch 1.
+    # 2. In that second run a worker is killed in epoch 3: Ray Train restarts it from epoch 2.
+    first_fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "killed-1")}
     with pytest.raises(ray.train.TrainingFailedError):
-        fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
-    first = epoch_checkpoints(str(tmp_path / "retried"))[0]
-    assert first.endswith("epoch_001")
-    epoch_one = torch.load(Path(first) / CHECKPOINT_FILE, weights_only=False)["history"][0]
+        fit(_config(epochs=3, max_failures=0), small_data.train, small_data.validation, str(tmp_path), "faulty",
+            fault=first_fault)
+    first = epoch_checkpoints(str(tmp_path / "faulty"))
+    assert [Path(p).name for p in first] == ["epoch_001"]
+    epoch_one = torch.load(Path(first[0]) / CHECKPOINT_FILE, weights_only=False)["history"][0]
 
-    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "retried", fault=fault)
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    # epoch 1 was not trained again: its record (timings included) is the failed attempt's
-    assert result.history[0] == epoch_one
+    second_fault = {"epoch": 3, "step": 1, "rank": 0, "marker": str(tmp_path / "killed-2")}
+    result = fit(_config(epochs=3, max_failures=1), small_data.train, small_data.validation, str(tmp_path), "faulty",
+                 fault=second_fault)
+    assert (tmp_path / "killed-2").exists()  # the worker really was killed mid-epoch
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]  # each epoch once
+    assert result.history[0] == epoch_one  # epoch 1 not trained again: its record, timings included
     steps_per_epoch = result.history[0]["examples_seen"]
     assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]
-    assert [Path(p).name for p in epoch_checkpoints(str(tmp_path / "retried"))][0] == "epoch_003"
+    assert Path(epoch_checkpoints(str(tmp_path / "faulty"))[0]).name == "epoch_003"
     assert epoch_checkpoints(str(tmp_path / "never-ran")) == []
-
 
 def test_resume_skips_a_checkpoint_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from yt8m_search.train import _newest_state
