@@ -19,7 +19,7 @@ def test_two_node_sweep_survives_losing_a_node_mid_trial(tmp_path: Path) -> None
     overrides = [
         "data.synthetic.train_videos=480", "data.synthetic.validation_videos=80", "data.synthetic.shards=4",
         f"data.synthetic.cache={tmp_path / 'cache'}", "data.synthetic.num_classes=40", "model.hparams.num_classes=40",
-        "search.num_samples=2", "search.max_concurrent=1", "search.asha=null", "budget.max_model_bytes=1e9",
+        "search.num_samples=1", "search.max_concurrent=1", "search.asha=null", "budget.max_model_bytes=1e9",
         "trial.epochs=4", "trial.batch_size=32", "trial.num_workers=2", "trial.cpus_per_worker=1",
         "trial.placement_strategy=SPREAD", "trial.max_failures=3",
     ]
@@ -29,7 +29,7 @@ def test_two_node_sweep_survives_losing_a_node_mid_trial(tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["trials"]["complete"] == 2 and sum(summary["trials"].values()) == 2
+    assert summary["trials"]["complete"] == 1 and sum(summary["trials"].values()) == 1
     removed = json.loads((out / "node_removed.json").read_text())
     before = removed["history"]  # the trial's epochs when the node went away
     assert before[0]["nodes"] == 2  # its two workers ran on the two nodes
