@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,19 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def kill_sweep_when(command: list[str], env: dict[str, str], ready: Callable[[], bool], log: Path,
+                    timeout: float = 600) -> None:
+    """Run a sweep in its own process group and SIGKILL the group (the driver and the Ray instance it
+    started) once ``ready()`` holds, 5 s later, so the last report has reached Tune."""
+    with log.open("w") as sink:
+        driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+    deadline, reached = time.monotonic() + timeout, False
+    while not reached and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+        reached = ready()
+    assert reached and driver.poll() is None, "no trial finished while the sweep ran:\n" + log.read_text()[-4000:]
+    time.sleep(5)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()

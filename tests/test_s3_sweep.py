@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from yt8m_search.data.prepare import synthetic_dataset
+
+from .conftest import kill_sweep_when
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 SECRET = "yt8m-test-secret-never-written"
@@ -48,20 +48,10 @@ def test_smoke_sweep_on_s3_is_resumed_and_uploads_its_bundle(
     command = [sys.executable, "-m", "yt8m_search.run", str(SMOKE), *overrides, "--output", run]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
 
-    # Interrupt the sweep once its first trial has finished: SIGKILL to the driver and its Ray.
-    log = tmp_path / "first.log"
-    with log.open("w") as sink:
-        driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
-    finished: list[str] = []
-    deadline = time.monotonic() + 600
-    while not finished and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(1)
-        listing = client.list_objects_v2(Bucket=bucket, Prefix="runs/smoke/trials/").get("Contents", [])
-        finished = [o["Key"] for o in listing if o["Key"].endswith("epoch_002/state.pt")]
-    assert finished and driver.poll() is None, "no trial finished while the sweep ran:\n" + log.read_text()[-4000:]
-    time.sleep(5)  # let its report reach Tune
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    def finished() -> bool:  # a trial's final checkpoint is on S3
+        return any(key.endswith("epoch_002/state.pt") for key in _keys(client, bucket, "runs/smoke/trials/"))
+
+    kill_sweep_when(command, env, finished, tmp_path / "first.log")
     assert _keys(client, bucket, "runs/smoke/summary.json") == []
 
     resumed = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True, timeout=900)

@@ -11,6 +11,8 @@ import pytest
 
 from yt8m_search import config, models, run, search
 
+from .conftest import kill_sweep_when
+
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 
@@ -162,10 +164,7 @@ def test_sweep_killed_mid_way_finishes_with_resume(ray_local: None, tmp_path: Pa
     ``--resume`` completes the sweep without re-running the finished trial."""
     import json
     import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     out = tmp_path / "run"
     overrides = [
@@ -176,18 +175,14 @@ def test_sweep_killed_mid_way_finishes_with_resume(ray_local: None, tmp_path: Pa
     ]
     command = [sys.executable, "-m", "yt8m_search.run", str(SMOKE), *overrides, "--output", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
-    driver = subprocess.Popen(command, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finished: dict[str, float] = {}
-    deadline = time.monotonic() + 600
-    while not finished and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(1)
-        for last in (out / "trials").glob("trial-*/epoch_002"):  # a Train run's final checkpoint
-            time.sleep(5)  # let it finish persisting and its report reach Tune
+    finished: dict[str, float] = {}  # trial -> its history's mtime, once its final checkpoint is written
+
+    def some_trial_finished() -> bool:
+        for last in (out / "trials").glob("trial-*/epoch_002"):
             finished[last.parent.name] = (last.parent / "history.json").stat().st_mtime
-    assert finished and driver.poll() is None, "no trial finished while the sweep ran"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray instance it started
-    driver.wait()
+        return bool(finished)
+
+    kill_sweep_when(command, env, some_trial_finished, tmp_path / "first.log")
     assert not (out / "summary.json").exists()
 
     assert run.main([str(SMOKE), *overrides, "--output", str(out), "--resume"]) == 0

@@ -128,6 +128,8 @@ TRIAL_FIELDS: dict[str, Any] = {
     "clip_norm": (1.0, True),
 }
 
+TRIAL_CHOICES: dict[str, tuple[str, ...]] = {"placement_strategy": PLACEMENT_STRATEGIES}  # the non-numeric fields
+
 
 @dataclass(frozen=True)
 class AshaSpec:
@@ -385,9 +387,9 @@ def _trial_parameters(raw: Any, check: _Checker) -> tuple[dict[str, Any], list[P
                 continue
             searched.append(_parameter(key, path, "trial", value, check))
             continue
-        if isinstance(default, str):
-            if value not in PLACEMENT_STRATEGIES:
-                check.errors.append(f"{path}: must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {value!r}")
+        if key in TRIAL_CHOICES:
+            if value not in TRIAL_CHOICES[key]:
+                check.errors.append(f"{path}: must be one of {', '.join(TRIAL_CHOICES[key])}, got {value!r}")
                 continue
         elif value is not None:
             number = _number(value)

@@ -285,22 +285,20 @@ def _newest_state(directories: Sequence[str]) -> tuple[dict[str, Any] | None, st
     return None, None
 
 
-def _resume_state(checkpoint: Any, run_dir: str, rank: int) -> dict[str, Any] | None:
+def _resume_state(run_dir: str, rank: int) -> dict[str, Any] | None:
     """The state to continue from, the same on every rank; None for a fresh start.
 
-    The newest complete checkpoint in the run's storage, not Ray Train's latest registered one:
-    Train V2 registers a checkpoint only once every worker's report is in, so a node lost just after
-    an epoch's checkpoint was written, or a run that failed for good and is started again under the
-    same name (a Tune-level retry), would otherwise start that epoch, or the whole run, over.
+    The newest complete checkpoint in the run's storage (where Ray Train persists its checkpoints
+    too), not Ray Train's latest registered one: Train V2 registers a checkpoint only once every
+    worker's report is in, so a node lost just after an epoch's checkpoint was written, or a run
+    that failed for good and is started again under the same name (a Tune-level retry), would
+    otherwise start that epoch, or the whole run, over.
     """
     state, source = _newest_state(epoch_checkpoints(run_dir)) if rank == 0 else (None, None)
     source = _broadcast(source)
-    if source is not None:
-        return state if rank == 0 else _read_state(source)
-    if checkpoint is not None:  # storage listed nothing readable: Train's own checkpoint
-        with checkpoint.as_directory() as directory:
-            return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    return None
+    if source is None or rank == 0:
+        return state
+    return _read_state(source)
 
 
 def _write_best(best_dir: str, model_state: dict[str, Tensor], meta: dict[str, Any], table: pa.Table) -> None:
@@ -385,7 +383,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
 
     start_epoch, examples_seen, best, averaged = 0, 0, {"gap": -1.0, "epoch": 0}, None
     history: list[dict[str, Any]] = []
-    state = _resume_state(ray.train.get_checkpoint(), config["run_dir"], rank)
+    run_dir = config["run_dir"]
+    state = _resume_state(run_dir, rank)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -399,7 +398,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     my_val_files = config["validation_files"][rank::world]
     per_worker_batch = cfg.batch_size // world
     num_classes = _num_classes(cfg)
-    run_dir = config["run_dir"]
     best_dir = fs.join(run_dir, "best")
 
     if history and start_epoch >= cfg.epochs:

@@ -54,9 +54,10 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     S3 filesystems retry transient errors (throttling, 5xx, dropped connections) up to
     ``S3_MAX_ATTEMPTS`` times with the AWS SDK's backoff, not the SDK default of 3.
     """
-    if _scheme(uri) == "":
+    scheme = _scheme(uri)
+    if scheme == "":
         return pafs.LocalFileSystem(), os.path.abspath(uri)
-    if _scheme(uri) == "s3":
+    if scheme == "s3":
         path = uri.split("://", 1)[1].rstrip("/")
         return _s3(path.split("/", 1)[0], os.environ.get("AWS_ENDPOINT_URL", "")), path
     return pafs.FileSystem.from_uri(uri)
