@@ -90,13 +90,50 @@ def kill_sweep_when(command: list[str], env: dict[str, str], ready: Callable[[],
                     timeout: float = 600) -> None:
     """Run a sweep in its own process group and SIGKILL the group (the driver and the Ray instance it
     started) once ``ready()`` holds, 5 s later, so the last report has reached Tune."""
-    with log.open("w") as sink:
-        driver = subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+    driver = _start(command, env, log)
     deadline, reached = time.monotonic() + timeout, False
     while not reached and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(1)
         reached = ready()
-    assert reached and driver.poll() is None, "no trial finished while the sweep ran:\n" + log.read_text()[-4000:]
+    if not reached:
+        _fail(driver, log, "no trial finished while the sweep ran")
     time.sleep(5)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
+
+
+def run_sweep_to_the_end(command: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> str:
+    """Run a sweep in its own process group; return its output once it exits with 0. A sweep still
+    running after ``timeout`` fails the test with the stacks of all its processes."""
+    driver = _start(command, env, log)
+    try:
+        driver.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _fail(driver, log, f"the sweep did not end in {timeout:.0f} s")
+    output = log.read_text()
+    assert driver.returncode == 0, output[-4000:]
+    return output
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as sink:
+        return subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def _fail(driver: subprocess.Popen[bytes], log: Path, why: str) -> None:
+    """Fail with the sweep's last output and the main-thread stacks of every process of its group
+    (py-spy comes with ray[default]), so that a hang in CI shows where it hangs."""
+    stacks = []
+    if driver.poll() is None:
+        pids = subprocess.run(["ps", "-o", "pid=", "-g", str(driver.pid)], capture_output=True, text=True).stdout
+        spy = Path(sys.executable).with_name("py-spy")
+        for pid in pids.split():
+            try:
+                dump = subprocess.run([str(spy), "dump", "--pid", pid], capture_output=True, text=True, timeout=30)
+            except subprocess.TimeoutExpired:
+                continue
+            if dump.stdout:  # a Python process: its header and its main thread
+                stacks.append("\nThread ".join(dump.stdout.split("\nThread ")[:2]).strip()[:1500])
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    pytest.fail(f"{why}; exit code {driver.returncode}\n{log.read_text()[-3000:]}\n\n" + "\n\n".join(stacks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from yt8m_search import config, models, run, search
 
-from .conftest import kill_sweep_when
+from .conftest import kill_sweep_when, run_sweep_to_the_end
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
@@ -159,9 +160,10 @@ def _trial_spans(out: Path) -> list[tuple[float, float]]:
 
 
 @pytest.mark.slow
-def test_sweep_killed_mid_way_finishes_with_resume(ray_local: None, tmp_path: Path) -> None:
+def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     """Two trials at a time; the driver (and its Ray instance) is SIGKILLed once a trial has finished;
-    ``--resume`` completes the sweep without re-running the finished trial."""
+    ``--resume``, a new process as a user would start it, completes the sweep without re-running the
+    finished trial."""
     import json
     import os
     import sys
@@ -169,7 +171,7 @@ def test_sweep_killed_mid_way_finishes_with_resume(ray_local: None, tmp_path: Pa
     out = tmp_path / "run"
     overrides = [
         "data.synthetic.train_videos=240", "data.synthetic.validation_videos=80", "data.synthetic.shards=2",
-        f"data.synthetic.cache={tmp_path / 'cache'}", "search.num_samples=5", "trial.epochs=2", "search.asha=null",
+        f"data.synthetic.cache={tmp_path / 'cache'}", "search.num_samples=4", "trial.epochs=2", "search.asha=null",
         "trial.batch_size=32", "data.synthetic.num_classes=40", "model.hparams.num_classes=40",
         "search.max_concurrent=2", "budget.max_model_bytes=1e9",  # every trial trains
     ]
@@ -185,9 +187,10 @@ def test_sweep_killed_mid_way_finishes_with_resume(ray_local: None, tmp_path: Pa
     kill_sweep_when(command, env, some_trial_finished, tmp_path / "first.log")
     assert not (out / "summary.json").exists()
 
-    assert run.main([str(SMOKE), *overrides, "--output", str(out), "--resume"]) == 0
+    resumed = run_sweep_to_the_end([*command, "--resume"], env, tmp_path / "resumed.log")
+    assert re.search(r"^\[00:0\d\] ", resumed, re.M), resumed  # the live view's clock restarts
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["trials"]["complete"] == 5 and sum(summary["trials"].values()) == 5
+    assert summary["trials"]["complete"] == 4 and sum(summary["trials"].values()) == 4
     for name, mtime in finished.items():  # finished before the kill: not trained again
         assert (out / "trials" / name / "history.json").stat().st_mtime == mtime
     spans = sorted(_trial_spans(out))

@@ -215,6 +215,10 @@ class LiveView(tune.Callback):
 
     def __init__(self, epochs: int, stream: Any = None) -> None:
         self.epochs, self.stream = epochs, stream
+        self.setup()
+
+    def setup(self, **info: Any) -> None:
+        # also called after ``--resume``, on the copy of this callback that Tune stored with the sweep
         self.last, self.printed_at, self.started = "", 0.0, time.monotonic()
 
     def line(self, trials: list[Any]) -> str:
