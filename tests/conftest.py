@@ -125,11 +125,13 @@ def _fail(driver: subprocess.Popen[bytes], log: Path, why: str) -> None:
     (py-spy comes with ray[default]), so that a hang in CI shows where it hangs."""
     stacks = []
     if driver.poll() is None:
-        pids = subprocess.run(["ps", "-o", "pid=", "-g", str(driver.pid)], capture_output=True, text=True).stdout
+        pids = subprocess.run(["ps", "-o", "pid=", "-g", str(driver.pid)],
+                              capture_output=True, text=True, check=False).stdout
         spy = Path(sys.executable).with_name("py-spy")
         for pid in pids.split():
             try:
-                dump = subprocess.run([str(spy), "dump", "--pid", pid], capture_output=True, text=True, timeout=30)
+                dump = subprocess.run([str(spy), "dump", "--pid", pid],
+                                      capture_output=True, text=True, timeout=30, check=False)
             except subprocess.TimeoutExpired:
                 continue
             if dump.stdout:  # a Python process: its header and its main thread

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 import pickle
+import re
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -189,10 +190,24 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     assert not (out / "summary.json").exists()
 
     resumed = run_sweep_to_the_end([*command, "--resume"], env, tmp_path / "resumed.log")
-    assert re.search(r"^\[00:0\d\] ", resumed, re.M), resumed  # the live view's clock restarts
+    assert re.search(r"^\[00:0\d\] ", resumed, re.MULTILINE), resumed  # the live view's clock restarts
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] == 4 and sum(summary["trials"].values()) == 4
     for name, mtime in finished.items():  # finished before the kill: not trained again
         assert (out / "trials" / name / "history.json").stat().st_mtime == mtime
     spans = sorted(_trial_spans(out))
     assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans  # 2 at a time
+
+
+def test_importance_ranks_what_reaches_a_high_gap() -> None:
+    """``a`` alone decides which trials reach a high GAP; ``b`` only orders the poor ones. Ranked by
+    how they reach *low* values (the evaluator's own sense), ``b`` would come first."""
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(direction="maximize")
+    distributions = {"a": optuna.distributions.FloatDistribution(0, 1), "b": optuna.distributions.FloatDistribution(0, 1)}
+    for a, b in rng.random((200, 2)):
+        gap = 0.5 + 0.01 * b if a > 0.9 else 0.1 * b
+        study.add_trial(optuna.trial.create_trial(params={"a": a, "b": b}, distributions=distributions, value=gap,
+                                                  user_attrs={"state": "complete"}))
+    ranked = search.importances(study)
+    assert ranked["a"] > ranked["b"], ranked

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -437,8 +438,12 @@ def importances(study: optuna.Study) -> dict[str, float]:
         return {}
     sub = optuna.create_study(directions=study.directions)
     sub.add_trials(complete)
+    # GAP negated: Optuna's default evaluator (PED-ANOVA) ranks parameters by how they reach *low*
+    # target values, and warns that it does
     try:
-        return optuna.importance.get_param_importances(sub, target=lambda t: t.values[0])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "PedAnova.*low `target`")
+            return optuna.importance.get_param_importances(sub, target=lambda t: -t.values[0])
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
 
