@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,7 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         return subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
 
 
-def _fail(driver: subprocess.Popen[bytes], log: Path, why: str) -> None:
+def _fail(driver: subprocess.Popen[bytes], log: Path, why: str) -> NoReturn:
     """Fail with the sweep's last output and the main-thread stacks of every process of its group
     (py-spy comes with ray[default]), so that a hang in CI shows where it hangs."""
     stacks = []

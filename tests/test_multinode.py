@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import run_sweep_to_the_end
 
 SCRIPT = Path(__file__).with_name("two_node_sweep.py")
 
@@ -24,9 +25,8 @@ def test_two_node_sweep_survives_losing_a_node_mid_trial(tmp_path: Path) -> None
         "trial.placement_strategy=SPREAD", "trial.max_failures=3",
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(out), *overrides, "--remove-node-after-epoch", "1"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_sweep_to_the_end([sys.executable, str(SCRIPT), str(out), *overrides, "--remove-node-after-epoch", "1"],
+                         env, tmp_path / "sweep.log")
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] == 1 and sum(summary["trials"].values()) == 1

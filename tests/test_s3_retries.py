@@ -4,6 +4,7 @@ requests with 503 SlowDown, as S3 does under load."""
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,8 +88,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky_s3(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[_FlakyProxy]:
-    import os
-
     proxy = _FlakyProxy(os.environ["AWS_ENDPOINT_URL"])
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()

@@ -157,7 +157,7 @@ def read_videos(paths: str | Sequence[str], *, shuffle: bool = False, listed: bo
     """
     import ray.data
 
-    files = list(paths) if listed and not isinstance(paths, str) else fs.list_files(paths, pattern="*.parquet")
+    files = list(paths) if listed else fs.list_files(paths, pattern="*.parquet")
     if not files:
         raise FileNotFoundError(f"no Parquet shards (*.parquet) found at {paths}")
     dataset = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
