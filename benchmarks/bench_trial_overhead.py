@@ -8,7 +8,7 @@ each under the same ``ray.init(num_cpus=2)``, as the sweep runs them:
 
   tune only     a function trainable that reports once (Tune's own floor)
   train, empty  the sweep's shape: a function trainable that builds a one-worker TorchTrainer
-                whose loop reports once and returns, with ``TuneReportCallback``
+                whose loop reports once and returns, relayed by ``search.relay_to_tune``
   train, data   the same, but the trainer gets the training set as ``fit`` passes it
                 (``datasets=`` with a split ``DataConfig``) and the loop takes one batch from its
                 shard: Ray Data's dataset manager, split coordinator and executor start every trial
@@ -56,22 +56,22 @@ def _with_trainer(config: dict[str, Any]) -> None:
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from yt8m_search.data.loading import read_videos
+    from yt8m_search.search import relay_to_tune
 
     os.environ.update(config.get("env", {}))  # this trial actor's env: Train propagates it to its controller
     trial_id = tune.get_context().get_trial_id()
     shard = config.get("shard")
-    TorchTrainer(
+    relay_to_tune(lambda callback: TorchTrainer(
         _empty_loop,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
         datasets={"train": lambda: read_videos(shard, shuffle=True)} if shard else None,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]) if shard else None,
         run_config=ray.train.RunConfig(name=f"trial-{trial_id}", storage_path=config["storage"],
-                                       callbacks=[TuneReportCallback()]),
-    ).fit()
+                                       callbacks=[callback]),
+    ).fit())
 
 
 def sweep(trainable: Any, trials: int, config: dict[str, Any], storage: str) -> float:

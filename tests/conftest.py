@@ -123,7 +123,8 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 def _fail(driver: subprocess.Popen[bytes], log: Path, why: str) -> NoReturn:
     """Fail with the sweep's last output and the main-thread stacks of every process of its group
-    (py-spy comes with ray[default]), so that a hang in CI shows where it hangs."""
+    (every thread of a trial actor; all of them in ``<log>.stacks``; py-spy comes with ray[default]),
+    so that a hang in CI shows where it hangs."""
     stacks = []
     if driver.poll() is None:
         pids = subprocess.run(["ps", "-o", "pid=", "-g", str(driver.pid)],
@@ -135,7 +136,11 @@ def _fail(driver: subprocess.Popen[bytes], log: Path, why: str) -> NoReturn:
                                       capture_output=True, text=True, timeout=30, check=False)
             except subprocess.TimeoutExpired:
                 continue
-            if dump.stdout:  # a Python process: its header and its main thread
+            with log.with_suffix(".stacks").open("a") as full:  # every thread, for a closer look
+                full.write(f"=== pid {pid}\n{dump.stdout}\n")
+            if "ImplicitFunc" in dump.stdout:  # a trial actor: its main and training threads
+                stacks.append(dump.stdout.strip()[:4000])
+            elif dump.stdout:  # another Python process: its header and its main thread
                 stacks.append("\nThread ".join(dump.stdout.split("\nThread ")[:2]).strip()[:1500])
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

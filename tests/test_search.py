@@ -199,6 +199,25 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     assert any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans  # 2 at a time
 
 
+@pytest.mark.slow
+def test_train_reports_reach_tune_while_its_driver_is_slow(tmp_path: Path) -> None:
+    """Tune's driver held 8 s on each first result: a trial's last report and the end of its ``fit``
+    come before Tune asks again. Every report still reaches Tune in order and the sweep ends (with
+    Ray's ``TuneReportCallback`` the trial hung for ever); a loop that raises fails its trial with
+    the loop's error."""
+    import json
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
+    script = Path(__file__).with_name("slow_driver_sweep.py")
+    run_sweep_to_the_end([sys.executable, str(script), str(tmp_path)], env, tmp_path / "sweep.log", timeout=240)
+    trials = json.loads((tmp_path / "results.json").read_text())
+    assert trials["ok"] == {"epochs": [1, 2], "error": None}
+    assert trials["fails"]["epochs"] == [1]
+    assert "the loop broke after epoch 1" in trials["fails"]["error"]
+
+
 def test_importance_ranks_what_reaches_a_high_gap() -> None:
     """``a`` alone decides which trials reach a high GAP; ``b`` only orders the poor ones. Ranked by
     how they reach *low* values (the evaluator's own sense), ``b`` would come first."""

@@ -1,8 +1,8 @@
 """The sweep: Ray Tune trials proposed by Optuna (TPE, seeded, define-by-run), stopped by ASHA.
 
 Layers (Ray Train V2 pattern): ``train.train_loop_per_worker`` runs on every DDP worker;
-``run_trial`` is one Tune trial, the Train driver that builds a TorchTrainer through ``train.fit``;
-``run_sweep`` builds the Tuner. A trial's run name is ``trial-<tune trial id>``: deterministic, so a
+``run_trial`` is one Tune trial, the Train driver that builds a TorchTrainer through ``train.fit``
+and relays its reports to Tune (``relay_to_tune``); ``run_sweep`` builds the Tuner. A trial's run name is ``trial-<tune trial id>``: deterministic, so a
 retried or restored trial resumes from its Train checkpoint.
 
 Size awareness: ``SearchSpace`` computes each sampled configuration's analytic stored size and
@@ -22,14 +22,16 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from ray import tune
+from ray.train import UserCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from yt8m_search import __version__, models, tracking
@@ -133,8 +135,6 @@ _SEARCHABLE_TRIAL = ("learning_rate", "lr_decay", "lr_decay_examples", "l2", "cl
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """One Tune trial: report an infeasible config at once, else train it with Ray Train."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from yt8m_search.train import fit
 
     epochs = (context.spec.trial or {}).get("epochs", 1)
@@ -143,14 +143,61 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
                      "size_bytes": max(config["size_bytes"], 0)})
         return
     trial_id = tune.get_context().get_trial_id()
-    fit(
+    relay_to_tune(lambda callback: fit(
         context.train_config(config),
         context.data.train,
         context.data.validation,
         context.trials_dir,
         f"trial-{trial_id}",
-        callbacks=[TuneReportCallback()],
-    )
+        callbacks=[callback],
+    ))
+
+
+def relay_to_tune(run: Callable[[Any], Any]) -> None:
+    """Run ``run(callback)`` (a Train ``fit``) in a thread and report each of its Train reports to
+    Tune from this, the trial's own thread, in order; re-raise what ``run`` raised.
+
+    Why not Ray's ``TuneReportCallback``: it hands reports to the trial actor's *main* thread, which
+    puts them on the function session's one-slot result queue. When the driver is slow on one
+    result (another trial finishing beside it, a loaded machine), the next report and the end of
+    ``fit`` can both come first; the trainable's closing report then takes that slot and the main
+    thread blocks on it for ever (Ray 2.60): the trial never ends and neither does the sweep. Here
+    the trial's thread is the only one that reports, as Tune's function API expects.
+    """
+    from ray.util.queue import Queue
+
+    reports: Queue = Queue(actor_options={"num_cpus": 0})
+    failure: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            run(_ReportToQueue(reports))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the trial's thread
+            failure.append(error)
+        finally:
+            reports.put(_END)  # after every report: each put returned before the controller went on
+
+    thread = threading.Thread(target=train, name="train-fit", daemon=True)
+    thread.start()
+    while (metrics := reports.get()) != _END:
+        tune.report(metrics)  # blocks until Tune asks for the next result
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+_END = "end of the Train run"
+
+
+class _ReportToQueue(UserCallback):
+    """Train controller callback: each report's metrics (rank 0's, the ones every rank agrees on)
+    onto the trial's queue."""
+
+    def __init__(self, reports: Any) -> None:
+        self.reports = reports
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        self.reports.put(dict(metrics[0]))
 
 
 # ---------------------------------------------------------------------------------------------
