@@ -2,8 +2,9 @@
 
 Layers (Ray Train V2 pattern): ``train.train_loop_per_worker`` runs on every DDP worker;
 ``run_trial`` is one Tune trial, the Train driver that builds a TorchTrainer through ``train.fit``
-and relays its reports to Tune (``relay_to_tune``); ``run_sweep`` builds the Tuner. A trial's run name is ``trial-<tune trial id>``: deterministic, so a
-retried or restored trial resumes from its Train checkpoint.
+and relays its reports to Tune (``relay_to_tune``); ``run_sweep`` builds the Tuner. A trial's run
+name is ``trial-<tune trial id>``: deterministic, so a retried or restored trial resumes from its
+Train checkpoint.
 
 Size awareness: ``SearchSpace`` computes each sampled configuration's analytic stored size and
 tells Optuna (``trial.set_constraint``) whether it fits the per-model budget; an infeasible trial
