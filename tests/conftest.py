@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -87,11 +87,10 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def kill_sweep_when(command: list[str], env: dict[str, str], ready: Callable[[], bool], log: Path,
-                    timeout: float = 600) -> None:
+def kill_sweep_when(command: list[str], ready: Callable[[], bool], log: Path, timeout: float = 600) -> None:
     """Run a sweep in its own process group and SIGKILL the group (the driver and the Ray instance it
     started) once ``ready()`` holds, 5 s later, so the last report has reached Tune."""
-    driver = _start(command, env, log)
+    driver = _start(command, log)
     deadline, reached = time.monotonic() + timeout, False
     while not reached and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(1)
@@ -103,10 +102,10 @@ def kill_sweep_when(command: list[str], env: dict[str, str], ready: Callable[[],
     driver.wait()
 
 
-def run_sweep_to_the_end(command: list[str], env: dict[str, str], log: Path, timeout: float = 600) -> str:
+def run_sweep_to_the_end(command: list[str], log: Path, timeout: float = 600) -> str:
     """Run a sweep in its own process group; return its output once it exits with 0. A sweep still
     running after ``timeout`` fails the test with the stacks of all its processes."""
-    driver = _start(command, env, log)
+    driver = _start(command, log)
     try:
         driver.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -116,7 +115,9 @@ def run_sweep_to_the_end(command: list[str], env: dict[str, str], log: Path, tim
     return output
 
 
-def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A sweep in its own process group, with a Ray instance of its own (the session's is not its)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
     with log.open("w") as sink:
         return subprocess.Popen(command, env=env, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
 
@@ -130,18 +131,18 @@ def _fail(driver: subprocess.Popen[bytes], log: Path, why: str) -> NoReturn:
         pids = subprocess.run(["ps", "-o", "pid=", "-g", str(driver.pid)],
                               capture_output=True, text=True, check=False).stdout
         spy = Path(sys.executable).with_name("py-spy")
-        for pid in pids.split():
-            try:
-                dump = subprocess.run([str(spy), "dump", "--pid", pid],
-                                      capture_output=True, text=True, timeout=30, check=False)
-            except subprocess.TimeoutExpired:
-                continue
-            with log.with_suffix(".stacks").open("a") as full:  # every thread, for a closer look
+        with log.with_suffix(".stacks").open("w") as full:  # every thread of every process, for a closer look
+            for pid in pids.split():
+                try:
+                    dump = subprocess.run([str(spy), "dump", "--pid", pid],
+                                          capture_output=True, text=True, timeout=30, check=False)
+                except subprocess.TimeoutExpired:
+                    continue
                 full.write(f"=== pid {pid}\n{dump.stdout}\n")
-            if "ImplicitFunc" in dump.stdout:  # a trial actor: its main and training threads
-                stacks.append(dump.stdout.strip()[:4000])
-            elif dump.stdout:  # another Python process: its header and its main thread
-                stacks.append("\nThread ".join(dump.stdout.split("\nThread ")[:2]).strip()[:1500])
+                if "ImplicitFunc" in dump.stdout:  # a trial actor: its main and training threads
+                    stacks.append(dump.stdout.strip()[:4000])
+                elif dump.stdout:  # another Python process: its header and its main thread
+                    stacks.append("\nThread ".join(dump.stdout.split("\nThread ")[:2]).strip()[:1500])
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     pytest.fail(f"{why}; exit code {driver.returncode}\n{log.read_text()[-3000:]}\n\n" + "\n\n".join(stacks))

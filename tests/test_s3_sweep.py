@@ -7,7 +7,6 @@ The sweep runs in subprocesses: the Ray instance each starts inherits the test's
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -45,15 +44,14 @@ def test_smoke_sweep_on_s3_is_resumed_and_uploads_its_bundle(
         "trial.epochs=2", "trial.batch_size=32", "budget.max_model_bytes=1e9",  # every trial trains
     ]
     command = [sys.executable, "-m", "yt8m_search.run", str(SMOKE), *overrides, "--output", run]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
 
     def finished() -> bool:  # a trial's final checkpoint is on S3
         return any(key.endswith("epoch_002/state.pt") for key in _keys(client, bucket, "runs/smoke/trials/"))
 
-    kill_sweep_when(command, env, finished, tmp_path / "first.log")
+    kill_sweep_when(command, finished, tmp_path / "first.log")
     assert _keys(client, bucket, "runs/smoke/summary.json") == []
 
-    resumed = run_sweep_to_the_end([*command, "--resume"], env, tmp_path / "resumed.log")
+    resumed = run_sweep_to_the_end([*command, "--resume"], tmp_path / "resumed.log")
     assert SECRET not in resumed
 
     summary = json.loads(client.get_object(Bucket=bucket, Key="runs/smoke/summary.json")["Body"].read())

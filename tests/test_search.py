@@ -167,7 +167,6 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     ``--resume``, a new process as a user would start it, completes the sweep without re-running the
     finished trial."""
     import json
-    import os
     import sys
 
     out = tmp_path / "run"
@@ -178,7 +177,6 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
         "search.max_concurrent=2", "budget.max_model_bytes=1e9",  # every trial trains
     ]
     command = [sys.executable, "-m", "yt8m_search.run", str(SMOKE), *overrides, "--output", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
     finished: dict[str, float] = {}  # trial -> its history's mtime, once its final checkpoint is written
 
     def some_trial_finished() -> bool:
@@ -186,10 +184,10 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
             finished[last.parent.name] = (last.parent / "history.json").stat().st_mtime
         return bool(finished)
 
-    kill_sweep_when(command, env, some_trial_finished, tmp_path / "first.log")
+    kill_sweep_when(command, some_trial_finished, tmp_path / "first.log")
     assert not (out / "summary.json").exists()
 
-    resumed = run_sweep_to_the_end([*command, "--resume"], env, tmp_path / "resumed.log")
+    resumed = run_sweep_to_the_end([*command, "--resume"], tmp_path / "resumed.log")
     assert re.search(r"^\[00:[0-2]\d\] ", resumed, re.MULTILINE), resumed  # the clock restarts: not the killed run's
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] == 4 and sum(summary["trials"].values()) == 4
@@ -206,12 +204,10 @@ def test_train_reports_reach_tune_while_its_driver_is_slow(tmp_path: Path) -> No
     Ray's ``TuneReportCallback`` the trial hung for ever); a loop that raises fails its trial with
     the loop's error."""
     import json
-    import os
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
     script = Path(__file__).with_name("slow_driver_sweep.py")
-    run_sweep_to_the_end([sys.executable, str(script), str(tmp_path)], env, tmp_path / "sweep.log", timeout=240)
+    run_sweep_to_the_end([sys.executable, str(script), str(tmp_path)], tmp_path / "sweep.log", timeout=240)
     trials = json.loads((tmp_path / "results.json").read_text())
     assert trials["ok"] == {"epochs": [1, 2], "error": None}
     assert trials["fails"]["epochs"] == [1]
