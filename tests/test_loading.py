@@ -22,7 +22,7 @@ def _reference(tfrecords: Path, split: str) -> dict[str, object]:
 
 def test_batches_equal_the_tfrecord_decode(ray_local: None, small_data: DataPaths, small_tfrecords: Path) -> None:
     reference = _reference(small_tfrecords, "train")
-    seen = set()
+    seen = []
     for batch in iter_video_batches(read_videos(small_data.train), batch_size=32, num_classes=SMALL_CLASSES):
         frames = batch.features.shape[1]
         assert frames == int(batch.num_frames.max())  # padded to the batch's longest video
@@ -33,8 +33,12 @@ def test_batches_equal_the_tfrecord_decode(ray_local: None, small_data: DataPath
             assert torch.equal(batch.features[i].view(torch.int32), expected.view(torch.int32))  # bit for bit
             assert batch.mask[i].sum().item() == ref.num_frames
             assert np.array_equal(np.flatnonzero(batch.labels[i].numpy()), ref.labels)
-            seen.add(video_id)
-    assert seen == set(reference)
+            seen.append(video_id)
+    assert set(seen) == set(reference)
+    # unshuffled, videos come in file order (reproducible evaluation), though shards are read in parallel
+    shards = sorted(Path(small_data.train).glob("*.parquet"))
+    assert len(shards) > 1
+    assert seen == [i for shard in shards for i in pq.read_table(shard).column("id").to_pylist()]
 
 
 def test_pad_to_300_and_device_side_dequantization(small_data: DataPaths, small_tfrecords: Path) -> None:

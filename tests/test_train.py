@@ -68,8 +68,10 @@ def test_invalid_configs_list_every_problem() -> None:
     assert "epochs must be >= 1" in message and "divisible by num_workers" in message and "colour" in message
 
 
-def _gap_from_predictions(path: str) -> float:
-    """GAP@20 recomputed from the saved top-20 predictions (exact: GAP only reads the top 20)."""
+def _gap_from_predictions(path: str, batch_size: int) -> float:
+    """GAP@20 recomputed from the saved top-20 predictions (GAP only reads the top 20), fed in the
+    evaluation's batches: the starter's GAP breaks exact score ties (fp32 sigmoids saturate at 1.0) by
+    the order entries were pushed, batch by batch, so other batches could move it by ~1e-6."""
     table = pq.read_table(path)
     dense = np.zeros((table.num_rows, SMALL_CLASSES))
     labels = np.zeros((table.num_rows, SMALL_CLASSES))
@@ -78,7 +80,10 @@ def _gap_from_predictions(path: str) -> float:
     ):
         dense[i, classes] = scores
         labels[i, labs] = 1
-    return metrics.gap(dense, labels)
+    acc = metrics.MetricAccumulator(num_classes=SMALL_CLASSES)
+    for start in range(0, table.num_rows, batch_size):
+        acc.update(dense[start : start + batch_size], labels[start : start + batch_size])
+    return acc.result()["gap"]
 
 
 @pytest.mark.slow
@@ -97,14 +102,18 @@ def test_one_worker_trains_evaluates_and_saves_the_best(ray_local: None, small_d
         assert np.isfinite(last[key]), key
     assert last["val_videos"] == 48 and "averaged_gap" in last and last["averaged_epochs"] == 2
     # the saved predictions are the best epoch's: recomputing GAP from them gives the reported value
-    assert _gap_from_predictions(result.predictions) == pytest.approx(result.gap, abs=1e-9)
+    assert _gap_from_predictions(result.predictions, cfg.eval_batch_size) == pytest.approx(result.gap, abs=1e-9)
     assert pq.read_table(result.predictions).num_rows == 48
-    # the saved model reproduces its validation GAP
+    # the saved model reproduces its validation predictions and GAP
     model, meta = load_best_model(result.checkpoint)
     assert meta["epoch"] == (3 if averaged_won else max(result.history, key=lambda h: h["gap"])["epoch"])
     assert meta.get("averaged_epochs", 0) == last["best_averaged_epochs"]
     batches = iter_video_batches(read_videos(small_data.validation), batch_size=32, num_classes=SMALL_CLASSES)
     again = evaluate(model, batches, torch.device("cpu"), 20, SMALL_CLASSES)
+    saved = pq.read_table(result.predictions)
+    assert saved["id"].to_pylist() == again.ids
+    np.testing.assert_array_equal(np.array(saved["classes"].to_pylist()), again.classes)
+    np.testing.assert_allclose(np.array(saved["scores"].to_pylist()), again.scores, rtol=1e-6)
     assert metrics.MetricAccumulator.from_states([again.state]).result()["gap"] == pytest.approx(result.gap, abs=1e-6)
     assert json.loads((tmp_path / "one" / "history.json").read_text())[-1]["epoch"] == 3
     # learning from the planted signal: far above a random ranking
@@ -125,7 +134,8 @@ def test_two_gloo_workers_report_the_global_gap(ray_local: None, small_data: Dat
     result = fit(_config(num_workers=2), small_data.train, small_data.validation, str(tmp_path), "two")
     assert result.epochs == 2
     assert result.history[-1]["val_videos"] == 48  # both workers' files, merged on rank 0
-    assert _gap_from_predictions(result.predictions) == pytest.approx(result.gap, abs=1e-9)
+    # each worker evaluated one 24-video file in one batch, worker 0's first
+    assert _gap_from_predictions(result.predictions, 24) == pytest.approx(result.gap, abs=1e-9)
     assert pq.read_table(result.predictions).num_rows == 48
 
 

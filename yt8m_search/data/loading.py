@@ -147,7 +147,9 @@ def read_videos(paths: str | Sequence[str], *, shuffle: bool = False, listed: bo
     """A lazy Ray dataset over Parquet shards: a folder, a glob, a file or a list of them, local or s3://.
 
     ``shuffle`` shuffles the file order, anew for every epoch (every execution); rows are shuffled
-    further by the local shuffle buffer of ``iter_video_batches``. ``listed``: ``paths`` already
+    further by the local shuffle buffer of ``iter_video_batches``. Unshuffled, rows come in file order
+    every time, so an evaluation is reproducible: the starter's GAP breaks exact score ties by the
+    order videos arrive in (see ``metrics``). ``listed``: ``paths`` already
     are the shard files, as ``fs.list_files`` returns them (no second round of listing calls).
 
     The shards are listed here, once, and each is read by a task that asks for ``READ_CPUS``.
@@ -163,6 +165,8 @@ def read_videos(paths: str | Sequence[str], *, shuffle: bool = False, listed: bo
     dataset = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
     if shuffle:
         dataset = dataset.randomize_block_order()  # one file per block; reseeded per execution
+    else:
+        dataset.context.execution_options.preserve_order = True  # this dataset's own context copy
     return dataset.map_batches(_read_shards, batch_size=1, batch_format="pyarrow", num_cpus=READ_CPUS)
 
 
