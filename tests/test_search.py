@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +119,6 @@ def test_multi_objective_searcher_keeps_two_directions() -> None:
 def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     """The embedded default, shrunk: trials train, infeasible ones are rejected, outputs appear."""
     import csv
-    import json
 
     out = tmp_path / "run"
     overrides = [
@@ -150,7 +151,6 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
 
 def _trial_spans(out: Path) -> list[tuple[float, float]]:
     """(start, end) wall-clock seconds of every trained trial, from Tune's per-trial result logs."""
-    import json
 
     spans = []
     for log in (out / "tune").glob("*/result.json"):
@@ -166,8 +166,6 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     """Two trials at a time; the driver (and its Ray instance) is SIGKILLed once a trial has finished;
     ``--resume``, a new process as a user would start it, completes the sweep without re-running the
     finished trial."""
-    import json
-    import sys
 
     out = tmp_path / "run"
     overrides = [
@@ -203,8 +201,6 @@ def test_train_reports_reach_tune_while_its_driver_is_slow(tmp_path: Path) -> No
     come before Tune asks again. Every report still reaches Tune in order and the sweep ends (with
     Ray's ``TuneReportCallback`` the trial hung for ever); a loop that raises fails its trial with
     the loop's error."""
-    import json
-    import sys
 
     script = Path(__file__).with_name("slow_driver_sweep.py")
     run_sweep_to_the_end([sys.executable, str(script), str(tmp_path)], tmp_path / "sweep.log", timeout=240)

@@ -149,8 +149,8 @@ def read_videos(paths: str | Sequence[str], *, shuffle: bool = False, listed: bo
     ``shuffle`` shuffles the file order, anew for every epoch (every execution); rows are shuffled
     further by the local shuffle buffer of ``iter_video_batches``. Unshuffled, rows come in file order
     every time, so an evaluation is reproducible: the starter's GAP breaks exact score ties by the
-    order videos arrive in (see ``metrics``). ``listed``: ``paths`` already
-    are the shard files, as ``fs.list_files`` returns them (no second round of listing calls).
+    order videos arrive in (see ``metrics``). ``listed``: ``paths`` already are the shard files, as
+    ``fs.list_files`` returns them (no second round of listing calls).
 
     The shards are listed here, once, and each is read by a task that asks for ``READ_CPUS``.
     ``ray.data.read_parquet`` would instead list the files in a task asking for a whole CPU, which
