@@ -34,8 +34,8 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 import argparse  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from statistics import median  # noqa: E402
 from collections.abc import Iterable  # noqa: E402
+from statistics import median  # noqa: E402
 
 import torch  # noqa: E402
 from bench_loader import _cpu_seconds, shards, start_ray  # noqa: E402  (benchmarks/ is sys.path[0])

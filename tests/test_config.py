@@ -1,10 +1,14 @@
 """Space-file parsing: typed spec, overrides, and every error reported at once with its key path."""
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from yt8m_search import config
+from yt8m_search.config import TrialSettings
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 
@@ -76,4 +80,103 @@ def test_placement_strategy_is_checked_and_kept() -> None:
     with pytest.raises(config.SpecError, match="trial.placement_strategy: must be one of PACK, SPREAD"):
         config.load(SMOKE, ["trial.placement_strategy=spread"])
     spec = config.load(SMOKE, ["trial.placement_strategy=SPREAD"])
-    assert spec.trial["placement_strategy"] == "SPREAD"
+    assert spec.trial.placement_strategy == "SPREAD"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trial settings: one definition for the space parser and the trainer
+
+MINIMAL = {"data": {"synthetic": {"train_videos": 10, "validation_videos": 5}}, "model": {"family": "nextvlad"}}
+
+
+def _errors(raw: dict[str, Any]) -> str:
+    with pytest.raises(config.SpecError) as info:
+        config.parse(raw)
+    return "\n".join(info.value.errors)
+
+
+def test_the_space_defaults_are_the_trial_settings_defaults() -> None:
+    spec = config.parse(MINIMAL)
+    assert isinstance(spec.trial, TrialSettings) and spec.trial == TrialSettings()
+    assert (spec.trial.epochs, spec.trial.max_failures) == (3, 2)
+    assert not [p for p in spec.parameters if p.section == "trial"]
+
+
+@pytest.mark.parametrize("name", TrialSettings.searchable_names())
+def test_every_searchable_setting_can_be_searched(name: str) -> None:
+    default = getattr(TrialSettings(), name)
+    kind = "int" if isinstance(default, int) else "float"
+    low = default // 2 if kind == "int" else default / 2
+    spec = config.parse({**MINIMAL, "trial": {name: {kind: [low, default]}}})
+    param = spec.parameter(name)
+    assert (param.section, param.path, param.distribution.kind) == ("trial", f"trial.{name}", kind)
+    assert spec.trial == TrialSettings()  # the fixed settings keep the default; the trial gets the sample
+    assert spec.trial.replace(**{name: low}) == dataclasses.replace(TrialSettings(), **{name: low})
+
+
+@pytest.mark.parametrize("name", [n for n in TrialSettings.names() if n not in TrialSettings.searchable_names()])
+def test_a_setting_that_is_not_searchable_says_so_with_its_key_path(name: str) -> None:
+    errors = _errors({**MINIMAL, "trial": {name: {"choice": [1, 2]}}})
+    assert f"trial.{name}: cannot be searched (searchable: {', '.join(TrialSettings.searchable_names())})" in errors
+
+
+def test_trial_rules_report_every_problem_with_its_key_path() -> None:
+    errors = _errors({**MINIMAL, "trial": {
+        "epochs": 0, "cpus_per_worker": 0, "batch_size": 15, "num_workers": 2, "pad_to": 400, "shuffle_buffer": "x",
+        "lr_decay": {"float": [0.5, 1.5]}, "learning_rate": 0, "max_failures": 1.5, "colour": 1,
+    }})
+    for expected in (
+        "trial.epochs: must be >= 1, got 0",
+        "trial.cpus_per_worker: must be > 0, got 0 (a trial's resource request must be non-zero)",
+        "trial.batch_size: 15 is not divisible by num_workers 2 (the global batch is split evenly)",
+        "trial.pad_to: must lie in [1, 300], got 400",
+        "trial.shuffle_buffer: expected a number, got 'x'",
+        "trial.lr_decay: must lie in (0, 1], got 1.5",  # a searched range's ends, against the same rule
+        "trial.learning_rate: must be > 0, got 0",
+        "trial.max_failures: expected an integer, got 1.5",
+        "trial.colour: unknown key",
+    ):
+        assert expected in errors
+    assert "trial.average_last" in _errors({**MINIMAL, "trial": {"epochs": 2, "average_last": 3}})
+
+
+def test_replace_validates_and_coerces_sampled_values() -> None:
+    settings = TrialSettings().replace(lr_decay_examples=1234567.8, learning_rate=1e-3)
+    assert settings.lr_decay_examples == 1234567 and isinstance(settings.lr_decay_examples, int)
+    assert settings.learning_rate == 1e-3 and TrialSettings().learning_rate == 2e-4  # frozen: a copy
+    with pytest.raises(ValueError, match=r"trial.lr_decay: must lie in \(0, 1\], got 2"):
+        TrialSettings().replace(lr_decay=2.0)
+    with pytest.raises(ValueError, match="unknown trial setting"):
+        TrialSettings().replace(colour=1)
+    assert TrialSettings(epochs=0, batch_size=7, num_workers=2).validate() == [
+        "trial.epochs: must be >= 1, got 0", "trial.batch_size: 7 is not divisible by num_workers 2 "
+        "(the global batch is split evenly)"]
+    assert TrialSettings(epochs=4.0, cpus_per_worker=2).epochs == 4  # lossless: 4.0 -> 4, 2 -> 2.0
+    assert isinstance(TrialSettings(cpus_per_worker=2).cpus_per_worker, float)
+
+
+# ---------------------------------------------------------------------------------------------
+# The PCA eigenvalues file of reverse whitening
+
+
+def _whitening_space(reverse_whitening: Any, eigenvals: str | None) -> dict[str, Any]:
+    data = {**MINIMAL["data"], **({"pca_eigenvals": eigenvals} if eigenvals is not None else {})}
+    return {"data": data, "model": {"family": {"choice": ["nextvlad", "mix_nextvlad"]},
+                                    "hparams": {"reverse_whitening": reverse_whitening}}}
+
+
+def test_reverse_whitening_needs_the_eigenvalues_file(tmp_path: Path) -> None:
+    needs = "model.hparams.reverse_whitening: can be true, which needs data.pca_eigenvals"
+    assert needs in _errors(_whitening_space(True, None))
+    assert needs in _errors(_whitening_space({"choice": [False, True]}, None))
+    assert config.parse(_whitening_space(False, None)).data.pca_eigenvals is None
+    missing = tmp_path / "missing.npy"
+    assert f"data.pca_eigenvals: no such file: {missing}" in _errors(_whitening_space(True, str(missing)))
+    np.save(tmp_path / "eigenvals.npy", np.ones(1024, np.float32))
+    spec = config.parse(_whitening_space({"choice": [False, True]}, str(tmp_path / "eigenvals.npy")))
+    assert spec.data.pca_eigenvals == str(tmp_path / "eigenvals.npy")
+
+
+def test_the_old_eigenvalues_hyperparameter_points_to_its_new_place() -> None:
+    space = {**MINIMAL, "model": {"family": "nextvlad", "hparams": {"pca_eigenvals": "/x.npy"}}}
+    assert "data.pca_eigenvals with reverse_whitening: true" in _errors(space)

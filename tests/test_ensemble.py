@@ -7,18 +7,23 @@ weights, whose saved predictions come from actually running them on the small sy
 
 from __future__ import annotations
 
-import csv
+import builtins
+import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from yt8m_search import ensemble, evaluate, metrics, models, predict, train
+from yt8m_search import artifacts, bundle, ensemble, evaluate, metrics, models, predict, results
+from yt8m_search.data.inference import iter_batches
 from yt8m_search.data.prepare import DataPaths
+from yt8m_search.ensemble.__main__ import main as ensemble_main
+from yt8m_search.ensemble.scoring import Scorer
 
 from .conftest import SMALL_CLASSES
 
@@ -78,7 +83,7 @@ def test_fast_gap_equals_a_brute_force_gap_of_the_sparse_ensemble() -> None:
     rng = np.random.default_rng(0)
     candidates, dense = _synthetic(rng, 5, videos=300, classes=60)
     labels = _dense_labels(candidates[0], 60)
-    scorer = ensemble._Scorer(candidates, 20, 1)
+    scorer = Scorer(candidates, 20, 1)
     for _ in range(6):
         weights = rng.integers(0, 3, size=5)
         weights[rng.integers(5)] += 1
@@ -132,7 +137,7 @@ def test_a_repeat_is_a_weight_and_costs_no_bytes() -> None:
     rng = np.random.default_rng(2)
     candidates, dense = _synthetic(rng, 2, videos=200, classes=40)
     labels = _dense_labels(candidates[0], 40)
-    scorer = ensemble._Scorer(candidates, 20, 1)
+    scorer = Scorer(candidates, 20, 1)
     for weights in ({0: 2, 1: 1}, {0: 1, 1: 3}, {0: 5}):
         reference = metrics.gap(sum(w * dense[j] for j, w in weights.items()), labels)
         assert scorer.weighted_gap(weights)[0] == pytest.approx(reference, abs=1e-4)
@@ -191,49 +196,82 @@ def _train_briefly(model: models.VideoModel, batches: list, epochs: int = 2) -> 
     model.eval()
 
 
+def _evaluate(model: models.VideoModel, batches: Any, top_k: int = 20) -> tuple[artifacts.Predictions, float]:
+    """The trial's validation predictions (top-k, float32 probabilities) and its GAP, as the trainer
+    computes them."""
+    acc = metrics.MetricAccumulator(num_classes=SMALL_CLASSES)
+    ids, classes, scores, labels = [], [], [], []
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            probs = torch.sigmoid(model.logits(model(batch.features, batch.mask)).float())
+            top = torch.topk(probs, k=top_k, dim=1)
+            acc.update(probs.numpy(), batch.labels.numpy())
+            ids.extend(batch.ids)
+            classes.append(top.indices.to(torch.int32).numpy())
+            scores.append(top.values.numpy())
+            labels.extend(np.flatnonzero(row).astype(np.int32) for row in batch.labels.numpy())
+    return artifacts.Predictions(ids, np.concatenate(classes), np.concatenate(scores), labels), acc.gap()
+
+
+def _row(number: int, trial_id: str, state: results.TrialState, model: str, hparams: dict, *, gap: float = np.nan,
+         params: int = 0, size_bytes: int = -1, best: str = "") -> results.TrialRow:
+    trained = state in results.TRAINED_STATES
+    return results.TrialRow(
+        number=number, trial_id=trial_id, state=state, model=model, hparams=hparams, config={"model": model},
+        gap=gap, gap_last=gap, hit_at_one=np.nan, perr=np.nan, map=np.nan, epochs=1 if trained else 0,
+        best_epoch=1 if trained else 0, params=params, size_bytes=size_bytes, samples_per_s=np.nan,
+        checkpoint=best, predictions=f"{best}/{artifacts.PREDICTIONS_FILE}" if best else "", reason="",
+    )  # fmt: skip
+
+
+def _write_trial(model: models.VideoModel, name: str, hparams: dict, best: Path, batches: Any,
+                 averaged_epochs: int = 0) -> artifacts.TrialMeta:
+    """The trial's best/ folder, written as the trainer writes it."""
+    predictions, gap = _evaluate(model, batches)
+    count = models.module_count(model)
+    meta = artifacts.TrialMeta(
+        model=name, hparams=hparams, epoch=1, params=count.params, stats=count.stats,
+        size_bytes=models.size_bytes(name, "bfloat16", **hparams), storage_dtype="bfloat16",
+        metrics={"gap": gap}, averaged_epochs=averaged_epochs,
+    )  # fmt: skip
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return artifacts.write_best(str(best), state, meta, predictions)
+
+
 @pytest.fixture(scope="module")
 def fake_run(small_data: DataPaths, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished sweep: trials.csv, summary.json and <trial>/best/{model.pt, predictions.parquet}."""
+    """A finished sweep: trials.csv, summary.json and <trial>/best/{model.pt, meta.json, predictions.parquet}."""
     run_dir = tmp_path_factory.mktemp("sweep")
     rows = []
-    training = list(predict.iter_batches(small_data.train, batch_size=32, num_classes=SMALL_CLASSES))
+    training = list(iter_batches(small_data.train, batch_size=32, num_classes=SMALL_CLASSES))
     for seed, (trial_id, (name, hparams)) in enumerate(FAMILIES.items()):
         hparams = models.resolve(name, **hparams, num_classes=SMALL_CLASSES)
         torch.manual_seed(seed)
         model = models.build(name, **hparams)
         _train_briefly(model, training)
-        batches = predict.iter_batches(small_data.validation, num_classes=SMALL_CLASSES)
-        result = train.evaluate(model, batches, torch.device("cpu"), top_k=20, num_classes=SMALL_CLASSES)
-        gap = metrics.MetricAccumulator.from_states([result.state]).gap()
-        count = models.module_count(model)
-        size = models.size_bytes(name, "bfloat16", **hparams)
-        meta = {"model": name, "hparams": hparams, "epoch": 1, "params": count.params, "stats": count.stats,
-                "size_bytes": size, "storage_dtype": "bfloat16", "metrics": {"gap": gap}}
-        if trial_id == "t-gru":  # as if the average of the last epochs had scored best
-            meta["averaged_epochs"] = 2
         best = run_dir / trial_id / "best"
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        train._write_best(str(best), state, meta, train.predictions_table([result]))
-        rows.append({"trial_id": trial_id, "state": "complete" if seed % 2 == 0 else "stopped", "model": name,
-                     "hparams": json.dumps(hparams), "gap": gap, "epochs": 1, "params": count.params,
-                     "size_bytes": size, "checkpoint": str(best), "predictions": str(best / "predictions.parquet")})
-    rows.append({"trial_id": "t-big", "state": "infeasible", "model": "nextvlad", "hparams": "{}", "gap": "",
-                 "epochs": 0, "params": 0, "size_bytes": 10**10, "checkpoint": "", "predictions": ""})
-    rows.append({"trial_id": "t-err", "state": "error", "model": "gru", "hparams": "{}", "gap": "", "epochs": 0,
-                 "params": 0, "size_bytes": 1, "checkpoint": "", "predictions": ""})
-    with open(run_dir / "trials.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = {"budget": {"ensemble_bytes": 10**9, "storage_dtype": "bfloat16"},
-               "data": {"validation": small_data.validation}, "best": None}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+        # t-gru: as if the average of the last epochs had scored best
+        meta = _write_trial(model, name, hparams, best, iter_batches(small_data.validation, num_classes=SMALL_CLASSES),
+                            averaged_epochs=2 if trial_id == "t-gru" else 0)
+        state = results.TrialState.COMPLETE if seed % 2 == 0 else results.TrialState.STOPPED
+        rows.append(_row(seed, trial_id, state, name, hparams, gap=meta.metrics["gap"], params=meta.params,
+                         size_bytes=meta.size_bytes, best=str(best)))
+    rows.append(_row(len(rows), "t-big", results.TrialState.INFEASIBLE, "nextvlad", {}, size_bytes=10**10))
+    rows.append(_row(len(rows), "t-err", results.TrialState.ERROR, "gru", {}, size_bytes=1))
+    results.write_trials(rows, str(run_dir))
+    summary = results.RunSummary(
+        space="space.yaml", space_hash="0" * 16, version="test", run_dir=str(run_dir), objectives=["gap"],
+        trials=results.count_states(rows),
+        budget=results.BudgetSummary(max_model_bytes=None, ensemble_bytes=10**9, storage_dtype="bfloat16"),
+        data=results.DataSummary(train=small_data.train, validation=small_data.validation), best=None, pareto=[],
+    )  # fmt: skip
+    results.write_summary(summary, str(run_dir))
     return run_dir
 
 
 def _sizes(run_dir: Path) -> dict[str, int]:
-    with open(run_dir / "trials.csv") as f:
-        return {r["trial_id"]: int(float(r["size_bytes"])) for r in csv.DictReader(f)}
+    return {r.trial_id: r.size_bytes for r in results.read_trials(str(run_dir))}
 
 
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
@@ -267,50 +305,50 @@ def test_candidates_validated_on_different_videos_are_refused(fake_run: Path, tm
 
 
 @pytest.fixture(scope="module")
-def fake_ensemble(fake_run: Path) -> dict:
+def fake_ensemble(fake_run: Path) -> results.EnsembleSummary:
     sizes = _sizes(fake_run)
     budget = sum(sizes[t] for t in FAMILIES if t != "t-nextvlad") + 100_000  # all trained trials but one fit
     return ensemble.run(str(fake_run), budget)
 
 
 def test_run_exports_a_bundle_within_budget_that_reproduces_its_gap(fake_run: Path, small_data: DataPaths,
-                                                                    fake_ensemble: dict) -> None:
+                                                                    fake_ensemble: results.EnsembleSummary) -> None:
     entry = fake_ensemble
     sizes = _sizes(fake_run)
-    assert entry["size_bytes"] == sum(sizes[t] for t in entry["members"]) <= entry["budget_bytes"]
-    assert Path(entry["path"]).stat().st_size == entry["file_bytes"] <= entry["budget_bytes"]
-    assert entry["selection_gap"] >= entry["best_single"]["gap"]
-    assert entry["curve"] and entry["curve"][-1][0] <= entry["budget_bytes"]
-    assert any("average of its last" in n for n in entry["notes"]) == ("t-gru" in entry["members"])
+    assert entry.size_bytes == sum(sizes[t] for t in entry.members) <= entry.budget_bytes
+    assert Path(entry.path).stat().st_size == entry.file_bytes <= entry.budget_bytes
+    assert entry.selection_gap >= entry.best_single["gap"]
+    assert entry.curve and entry.curve[-1][0] <= entry.budget_bytes
+    assert any("average of its last" in n for n in entry.notes) == ("t-gru" in entry.members)
     summary = json.loads((fake_run / "summary.json").read_text())
-    assert summary["ensemble"] == json.loads(json.dumps(entry)) and summary["best"] is None
+    assert summary["ensemble"] == json.loads(json.dumps(dataclasses.asdict(entry))) and summary["best"] is None
+    assert results.read_summary(str(fake_run)).ensemble == entry
     # Loading the bundle back gives the reported validation GAP exactly.
-    bundle = ensemble.load_bundle(entry["path"])
-    assert bundle.trial_ids == entry["members"] and bundle.weights == entry["weights"]
-    result = evaluate.evaluate_bundle(bundle, predict.iter_batches(small_data.validation, num_classes=SMALL_CLASSES))
-    assert result["gap"] == entry["gap"] and result["videos"] == 48
+    loaded = ensemble.load_bundle(entry.path)
+    assert loaded.trial_ids == entry.members and loaded.weights == entry.weights
+    result = evaluate.evaluate_bundle(loaded, iter_batches(small_data.validation, num_classes=SMALL_CLASSES))
+    assert result["gap"] == entry.gap and result["videos"] == 48
 
 
 def test_bundle_predictions_are_the_weighted_mean_of_bf16_members(fake_run: Path, small_data: DataPaths,
-                                                                  fake_ensemble: dict) -> None:
-    bundle = ensemble.load_bundle(fake_ensemble["path"])
-    blob = torch.load(fake_ensemble["path"], weights_only=True)
-    assert blob["format_version"] == ensemble.FORMAT_VERSION and blob["dtype"] == "bfloat16"
+                                                                  fake_ensemble: results.EnsembleSummary) -> None:
+    loaded = ensemble.load_bundle(fake_ensemble.path)
+    blob = torch.load(fake_ensemble.path, weights_only=True)
+    assert blob["format_version"] == ensemble.FORMAT_VERSION == bundle.FORMAT_VERSION and blob["dtype"] == "bfloat16"
     for member in blob["members"]:
         assert all(v.dtype == torch.bfloat16 for v in member["state_dict"].values() if v.is_floating_point())
-    batch = next(iter(predict.iter_batches(small_data.validation, num_classes=SMALL_CLASSES)))
+    batch = next(iter(iter_batches(small_data.validation, num_classes=SMALL_CLASSES)))
     expected = torch.zeros(len(batch), SMALL_CLASSES)
     total = sum(m["weight"] for m in blob["members"])
     for member in blob["members"]:
         model = models.build(member["model"], **member["hparams"])
-        reference = torch.load(Path(fake_run, member["trial_id"], "best", "model.pt"), weights_only=False)
-        rounded = {k: v.to(torch.bfloat16).float() if v.is_floating_point() else v
-                   for k, v in reference["state_dict"].items()}
+        reference, _ = artifacts.read_model_file(str(Path(fake_run, member["trial_id"], "best")))
+        rounded = {k: v.to(torch.bfloat16).float() if v.is_floating_point() else v for k, v in reference.items()}
         model.load_state_dict(rounded)
         with torch.no_grad():
             probs = torch.sigmoid(model.eval().logits(model(batch.features, batch.mask)))
         expected += member["weight"] / total * probs
-    assert torch.allclose(bundle.predict(batch.features, batch.mask), expected, atol=1e-6)
+    assert torch.allclose(loaded.predict(batch.features, batch.mask), expected, atol=1e-6)
 
 
 def test_a_float32_single_member_bundle_scores_like_its_trial(fake_run: Path, small_data: DataPaths,
@@ -321,8 +359,8 @@ def test_a_float32_single_member_bundle_scores_like_its_trial(fake_run: Path, sm
     assert [c.trial_id for c in selection.members] == [smallest.trial_id]
     path = str(tmp_path / "one.pt")
     ensemble.export_bundle(selection, path, "float32", budget_bytes=10**9)
-    bundle = ensemble.load_bundle(path)
-    result = evaluate.evaluate_bundle(bundle, predict.iter_batches(small_data.validation, num_classes=SMALL_CLASSES))
+    loaded = ensemble.load_bundle(path)
+    result = evaluate.evaluate_bundle(loaded, iter_batches(small_data.validation, num_classes=SMALL_CLASSES))
     assert result["gap"] == pytest.approx(smallest.gap, abs=1e-9) == pytest.approx(selection.gap, abs=1e-6)
 
 
@@ -333,6 +371,8 @@ def test_a_bundle_over_budget_is_refused_and_leaves_no_file(fake_run: Path, tmp_
     with pytest.raises(ensemble.BundleTooLargeError, match="over the budget") as info:
         ensemble.export_bundle(selection, str(path), budget_bytes=selection.size_bytes // 2)
     assert f"{selection.size_bytes // 2:,}" in str(info.value)
+    assert isinstance(info.value, bundle.BundleTooLargeError) and isinstance(info.value, ensemble.EnsembleError)
+    assert info.value.budget_bytes == selection.size_bytes // 2 < info.value.file_bytes
     assert not path.exists() and list(path.parent.iterdir()) == []
 
 
@@ -349,11 +389,12 @@ def _read_submission(path: Path) -> tuple[list[str], list[list[tuple[int, float]
     return ids, pairs
 
 
-def test_predict_writes_the_kaggle_format(fake_ensemble: dict, small_data: DataPaths, tmp_path: Path) -> None:
+def test_predict_writes_the_kaggle_format(fake_ensemble: results.EnsembleSummary, small_data: DataPaths,
+                                          tmp_path: Path) -> None:
     out = tmp_path / "submission.csv"
-    assert predict.main([fake_ensemble["path"], small_data.validation, "--out", str(out), "--batch-size", "7"]) == 0
+    assert predict.main([fake_ensemble.path, small_data.validation, "--out", str(out), "--batch-size", "7"]) == 0
     ids, pairs = _read_submission(out)
-    assert sorted(ids) == sorted(ensemble.load_candidates(str(Path(fake_ensemble["path"]).parent))[0].video_ids)
+    assert sorted(ids) == sorted(ensemble.load_candidates(str(Path(fake_ensemble.path).parent))[0].video_ids)
     for row in pairs:
         classes = [c for c, _ in row]
         scores = [s for _, s in row]
@@ -363,97 +404,179 @@ def test_predict_writes_the_kaggle_format(fake_ensemble: dict, small_data: DataP
     assert line == "abcd,3 0.123457 1 1e-07"
 
 
-def test_predict_from_tfrecord_equals_predict_from_parquet(fake_ensemble: dict, small_data: DataPaths,
-                                                           small_tfrecords: Path, tmp_path: Path) -> None:
+def test_predict_from_tfrecord_equals_predict_from_parquet(fake_ensemble: results.EnsembleSummary,
+                                                           small_data: DataPaths, small_tfrecords: Path,
+                                                           tmp_path: Path) -> None:
     from_parquet, from_tfrecord = tmp_path / "p.csv", tmp_path / "t.csv"
     for data, out in ((small_data.validation, from_parquet), (str(small_tfrecords / "validate" / "*.tfrecord"),
                                                              from_tfrecord)):
-        assert predict.main([fake_ensemble["path"], data, "--out", str(out), "--batch-size", "10"]) == 0
+        assert predict.main([fake_ensemble.path, data, "--out", str(out), "--batch-size", "10"]) == 0
     assert from_parquet.read_text() == from_tfrecord.read_text()
 
 
-def test_predict_handles_corrupt_records_as_the_data_layer(fake_ensemble: dict, small_tfrecords: Path,
-                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_predict_handles_corrupt_records_as_the_data_layer(fake_ensemble: results.EnsembleSummary,
+                                                           small_tfrecords: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
     source = sorted((small_tfrecords / "validate").glob("*.tfrecord"))[0]
     data = bytearray(source.read_bytes())
     data[100] ^= 0xFF  # inside the first record's payload: its data CRC no longer matches
     bad = tmp_path / "bad.tfrecord"
     bad.write_bytes(bytes(data))
     out = tmp_path / "s.csv"
-    assert predict.main([fake_ensemble["path"], str(bad), "--out", str(out)]) == 1
+    assert predict.main([fake_ensemble.path, str(bad), "--out", str(out)]) == 1
     assert "CorruptRecordError" in capsys.readouterr().err.strip().splitlines()[-1] and not out.exists()
-    assert predict.main([fake_ensemble["path"], str(bad), "--out", str(out), "--skip-bad"]) == 0
+    assert predict.main([fake_ensemble.path, str(bad), "--out", str(out), "--skip-bad"]) == 0
     assert "skipping corrupt input" in capsys.readouterr().err
     ids, _ = _read_submission(out)
     assert 0 < len(ids)
-    assert predict.main([fake_ensemble["path"], str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert predict.main([fake_ensemble.path, str(tmp_path / "missing"), "--out", str(out)]) == 2
 
 
-def test_evaluate_cli_prints_the_metrics(fake_ensemble: dict, small_data: DataPaths,
+def test_evaluate_cli_prints_the_metrics(fake_ensemble: results.EnsembleSummary, small_data: DataPaths,
                                          capsys: pytest.CaptureFixture) -> None:
-    assert evaluate.main([fake_ensemble["path"], small_data.validation]) == 0
+    assert evaluate.main([fake_ensemble.path, small_data.validation]) == 0
     printed = dict(line.split(":", 1) for line in capsys.readouterr().out.strip().splitlines())
-    assert float(printed["GAP@20"]) == pytest.approx(fake_ensemble["gap"], abs=1e-6)
-    assert float(printed["Hit@1"]) == pytest.approx(fake_ensemble["hit_at_one"], abs=1e-6)
-    assert float(printed["PERR"]) == pytest.approx(fake_ensemble["perr"], abs=1e-6)
+    assert float(printed["GAP@20"]) == pytest.approx(fake_ensemble.gap, abs=1e-6)
+    assert float(printed["Hit@1"]) == pytest.approx(fake_ensemble.hit_at_one, abs=1e-6)
+    assert float(printed["PERR"]) == pytest.approx(fake_ensemble.perr, abs=1e-6)
     assert int(printed["videos"]) == 48
 
 
 def test_ensemble_cli(fake_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = _copy_run(fake_run, tmp_path)
     smallest = min(_sizes(run_dir)[t] for t in FAMILIES)
-    assert ensemble.main([str(run_dir), "--budget", str(smallest + 20_000)]) == 0  # + the file's overhead
+    assert ensemble_main([str(run_dir), "--budget", str(smallest + 20_000)]) == 0  # + the file's overhead
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("ensemble: 1 members") and (run_dir / ensemble.BUNDLE_NAME).exists()
     entry = json.loads((run_dir / "summary.json").read_text())["ensemble"]
     assert entry["budget_bytes"] == smallest + 20_000 and len(entry["members"]) == 1
-    assert ensemble.main([str(run_dir), "--budget", str(smallest - 1)]) == 1
+    assert ensemble_main([str(run_dir), "--budget", str(smallest - 1)]) == 1
     assert "smaller than every candidate" in capsys.readouterr().err.strip().splitlines()[-1]
-    assert ensemble.main([str(tmp_path / "nowhere")]) == 2
+    assert ensemble_main([str(tmp_path / "nowhere")]) == 2
     with pytest.raises(SystemExit) as info:
-        ensemble.main([str(run_dir), "--budget", "-5"])
+        ensemble_main([str(run_dir), "--budget", "-5"])
     assert info.value.code == 2
 
 
-def test_a_bundle_needs_no_eigenvalues_file(tmp_path: Path, small_data: DataPaths) -> None:
-    """NeXtVLAD's reverse whitening reads eigenvalues from a file at build time; the bundle carries
-    them as a buffer, so loading it must not need that file."""
+def _no_file_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any file opened for writing an error (loading a bundle must write nothing)."""
+    real_open = builtins.open
+
+    def open_for_reading(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if any(c in mode for c in "wax+"):
+            raise AssertionError(f"a file was opened for writing: {file} ({mode})")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_for_reading)
+    monkeypatch.setattr(np, "save", lambda *a, **k: pytest.fail("np.save called"))
+
+
+def _whitened_model(tmp_path: Path) -> tuple[models.VideoModel, dict[str, Any]]:
+    """A NeXtVLAD with reverse whitening whose scale comes from an eigenvalue file (then deleted)."""
     eigenvals = tmp_path / "eigenvals.npy"
     np.save(eigenvals, np.random.default_rng(5).uniform(0.5, 4.0, 1024).astype(np.float32))
     hparams = models.resolve("nextvlad", **FAMILIES["t-nextvlad"][1], num_classes=SMALL_CLASSES,
-                             pca_eigenvals=str(eigenvals))
+                             reverse_whitening=True)
     torch.manual_seed(0)
     model = models.build("nextvlad", **hparams).eval()
+    models.set_eigenvalues(model, models.load_eigenvals(str(eigenvals)))
+    eigenvals.unlink()
+    return model, hparams
+
+
+def _expected(model: models.VideoModel, batch: Any) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.sigmoid(model.logits(model(batch.features, batch.mask)))
+
+
+def test_a_bundle_needs_no_eigenvalues_file(tmp_path: Path, small_data: DataPaths,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """NeXtVLAD's reverse whitening gets its scale from an eigenvalue file through the driver; the
+    bundle carries it as a buffer, so loading it needs no file and writes none."""
+    model, hparams = _whitened_model(tmp_path)
+    count = models.module_count(model)
+    meta = artifacts.TrialMeta(model="nextvlad", hparams=hparams, epoch=1, params=count.params, stats=count.stats,
+                               size_bytes=models.size_bytes("nextvlad", "float32", **hparams),
+                               storage_dtype="float32", metrics={})
     best = tmp_path / "trial" / "best"
-    best.mkdir(parents=True)
-    torch.save({"model": "nextvlad", "hparams": hparams, "state_dict": model.state_dict(), "meta": {}},
-               best / "model.pt")
+    meta = artifacts.write_best(str(best), model.state_dict(), meta, artifacts.Predictions.concat([], 20))
     candidates, _ = _synthetic(np.random.default_rng(6), 1)
     candidate = candidates[0]
-    candidate.checkpoint, candidate.trial_id = str(best), "whitened"
+    candidate.checkpoint, candidate.trial_id, candidate.write_id = str(best), "whitened", meta.write_id
     selection = ensemble.select([candidate], 10**9)
     path = str(tmp_path / "bundle.pt")
     ensemble.export_bundle(selection, path, "float32")
-    eigenvals.unlink()
-    bundle = ensemble.load_bundle(path)
-    batch = next(iter(predict.iter_batches(small_data.validation, num_classes=SMALL_CLASSES)))
-    with torch.no_grad():
-        expected = torch.sigmoid(model.logits(model(batch.features, batch.mask)))
-    assert torch.equal(bundle.predict(batch.features, batch.mask), expected)
+    batch = next(iter(iter_batches(small_data.validation, num_classes=SMALL_CLASSES)))
+    with monkeypatch.context() as patch:
+        _no_file_writes(patch)
+        loaded = ensemble.load_bundle(path)
+    assert torch.equal(loaded.predict(batch.features, batch.mask), _expected(model, batch))
+    # A best/ folder rewritten after its predictions were read is not exported.
+    candidate.write_id = "epoch000-00000000"
+    with pytest.raises(ensemble.EnsembleError, match="rewritten"):
+        ensemble.export_bundle(selection, str(tmp_path / "again.pt"), "float32")
+
+
+def test_a_version_1_bundle_still_loads_and_predicts_identically(tmp_path: Path, small_data: DataPaths,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Version 1 named NeXtVLAD's eigenvalue file in the hyperparameters (``pca_eigenvals``); its
+    loader translates them (``models.upgrade_hparams``) and reads the scale from the state dict."""
+    whitened, hparams = _whitened_model(tmp_path)
+    torch.manual_seed(1)
+    gru_hparams = models.resolve("gru", **FAMILIES["t-gru"][1], num_classes=SMALL_CLASSES)
+    gru = models.build("gru", **gru_hparams).eval()
+    old_hparams = {k: v for k, v in hparams.items() if k != "reverse_whitening"}
+    members = [("whitened", "nextvlad", {**old_hparams, "pca_eigenvals": str(tmp_path / "gone.npy")}, whitened, 2),
+               ("plain", "gru", gru_hparams, gru, 1)]
+    old = {"format": bundle.FORMAT, "format_version": 1, "dtype": "float32", "num_classes": SMALL_CLASSES,
+           "members": [{"trial_id": t, "model": name, "hparams": h, "weight": w, "size_bytes": 1,
+                        "state_dict": {k: v.clone() for k, v in m.state_dict().items()}}
+                       for t, name, h, m, w in members],
+           "selection": {"gap": 0.0, "size_bytes": 2, "budget_bytes": 10**9, "strategy": "gain"}}  # fmt: skip
+    path = tmp_path / "v1.pt"
+    torch.save(old, path)
+    current = str(tmp_path / "v2.pt")
+    bundle.export_bundle([bundle.BundleMember(t, name, models.upgrade_hparams(name, h), w, 1, m.state_dict())
+                          for t, name, h, m, w in members], current, "float32", budget_bytes=10**9,
+                         selection=old["selection"])  # fmt: skip
+    batch = next(iter(iter_batches(small_data.validation, num_classes=SMALL_CLASSES)))
+    with monkeypatch.context() as patch:
+        _no_file_writes(patch)
+        v1 = bundle.load_bundle(str(path))
+    v2 = bundle.load_bundle(current)
+    assert torch.load(current, weights_only=True)["format_version"] == bundle.FORMAT_VERSION == 2
+    assert v1.trial_ids == v2.trial_ids == ["whitened", "plain"] and v1.weights == v2.weights == [2, 1]
+    assert v1.info["members"][0]["hparams"]["reverse_whitening"] is True
+    expected = (2 * _expected(whitened, batch) + _expected(gru, batch)) / 3
+    assert torch.equal(v1.predict(batch.features, batch.mask), v2.predict(batch.features, batch.mask))
+    assert torch.allclose(v1.predict(batch.features, batch.mask), expected, atol=1e-6)
+    torch.save({**old, "format_version": 99}, path)
+    with pytest.raises(bundle.BundleError, match="unsupported bundle format version 99"):
+        bundle.load_bundle(str(path))
+
+
+def test_candidates_whose_files_come_from_different_writes_are_refused(fake_run: Path, tmp_path: Path) -> None:
+    run_dir = _copy_run(fake_run, tmp_path)
+    path = run_dir / "t-netvlad" / "best" / artifacts.PREDICTIONS_FILE
+    predictions, write_id = artifacts.read_predictions(str(path))
+    assert write_id
+    pq.write_table(predictions.to_table("epoch009-aaaaaaaa"), path)
+    with pytest.raises(ensemble.EnsembleError, match="still writing its best epoch"):
+        ensemble.load_candidates(str(run_dir))
 
 
 def test_batches_from_both_formats_are_identical_and_may_stay_quantized(small_data: DataPaths,
                                                                         small_tfrecords: Path) -> None:
     tfrecords = str(small_tfrecords / "validate")
     for dequantize in (True, False):
-        a = list(predict.iter_batches(small_data.validation, batch_size=9, num_classes=SMALL_CLASSES,
+        a = list(iter_batches(small_data.validation, batch_size=9, num_classes=SMALL_CLASSES,
                                       dequantize=dequantize))
-        b = list(predict.iter_batches(tfrecords, batch_size=9, num_classes=SMALL_CLASSES, dequantize=dequantize))
+        b = list(iter_batches(tfrecords, batch_size=9, num_classes=SMALL_CLASSES, dequantize=dequantize))
         assert [len(x) for x in a] == [9, 9, 9, 9, 9, 3] == [len(x) for x in b]
         for x, y in zip(a, b):
             assert x.ids == y.ids and torch.equal(x.features, y.features) and torch.equal(x.mask, y.mask)
             assert torch.equal(x.labels, y.labels)
             assert x.features.dtype == (torch.float32 if dequantize else torch.uint8)
-    plain = next(iter(predict.iter_batches(small_data.validation, num_classes=SMALL_CLASSES)))
-    quantized = next(iter(predict.iter_batches(small_data.validation, num_classes=SMALL_CLASSES, dequantize=False)))
+    plain = next(iter(iter_batches(small_data.validation, num_classes=SMALL_CLASSES)))
+    quantized = next(iter(iter_batches(small_data.validation, num_classes=SMALL_CLASSES, dequantize=False)))
     assert torch.equal(quantized.to("cpu").features, plain.features)

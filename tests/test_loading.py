@@ -1,4 +1,5 @@
-"""The Ray Data loader: batches equal the TFRecord reader's decode, padding and sharding."""
+"""The Ray Data loader and the shared collation: batches equal the TFRecord reader's decode, padding
+and sharding."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from yt8m_search.data import read_frame_level
-from yt8m_search.data.loading import collate_table, iter_video_batches, read_videos
+from yt8m_search.data import iter_frame_level_quantized, read_frame_level
+from yt8m_search.data.batch import collate_table, collate_videos
+from yt8m_search.data.loading import iter_video_batches, read_videos
 from yt8m_search.data.prepare import DataPaths
 
 from .conftest import SMALL_CLASSES
@@ -55,6 +57,24 @@ def test_pad_to_300_and_device_side_dequantization(small_data: DataPaths, small_
         assert torch.equal(full.features[i].view(torch.int32), expected.view(torch.int32))
     with pytest.raises(ValueError, match="pad_to"):
         collate_table(table, num_classes=SMALL_CLASSES, pad_to=301)
+
+
+def test_tfrecord_videos_collate_like_their_parquet_rows(small_data: DataPaths, small_tfrecords: Path) -> None:
+    """One collation for both formats: the same videos give the same batch, padded or not, quantized or not."""
+    shard = sorted(Path(small_data.validation).glob("*.parquet"))[0]
+    table = pq.read_table(shard).slice(0, 7)
+    wanted = set(table.column("id").to_pylist())
+    videos = {v.id: v for path in sorted((small_tfrecords / "validate").glob("*.tfrecord"))
+              for v in iter_frame_level_quantized(str(path), num_classes=SMALL_CLASSES) if v.id in wanted}
+    ordered = [videos[i] for i in table.column("id").to_pylist()]
+    for pad_to, dequantize in ((None, True), (300, True), (None, False)):
+        a = collate_table(table, num_classes=SMALL_CLASSES, pad_to=pad_to, dequantize=dequantize)
+        b = collate_videos(ordered, num_classes=SMALL_CLASSES, pad_to=pad_to, dequantize=dequantize)
+        assert a.ids == b.ids and a.features.dtype == b.features.dtype
+        for name in ("features", "mask", "num_frames", "num_audio_frames", "labels"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    empty = collate_videos([], num_classes=SMALL_CLASSES)
+    assert len(empty) == 0 and empty.features.shape == (0, 1, 1152)
 
 
 def test_shards_split_across_train_workers(ray_local: None, small_data: DataPaths, tmp_path: Path) -> None:

@@ -17,14 +17,15 @@ import time
 import numpy as np
 import pytest
 
-from yt8m_search import metrics
 from yt8m_search.metrics import (
     MetricAccumulator,
     gap,
     hit_at_one,
     mean_average_precision,
+    permutation,
     perr,
     shuffle_permutation,
+    topk,
 )
 
 TOL = 1e-9
@@ -299,7 +300,7 @@ def test_shuffle_permutation_matches_random_sample(n):
 
 def test_vectorized_draws_match_random_sample_small_n():
     for n in [1, 2, 3, 7, 8, 9, 31, 32, 33, 100, 1000, 1025]:
-        perm = metrics._permutation_from_draws(metrics._randbelow_sequence(n))
+        perm = permutation.permutation_from_draws(permutation.randbelow_sequence(n))
         assert perm.tolist() == random.Random(0).sample(range(n), n), n
 
 
@@ -386,7 +387,7 @@ def test_streaming_equals_one_call_without_ties():
 
 def test_candidate_overflow_path(monkeypatch):
     # Force the per-row argpartition path for most rows and compare with the reference.
-    monkeypatch.setattr(metrics, "_MAX_CANDIDATES", 22)
+    monkeypatch.setattr(topk, "MAX_CANDIDATES", 22)
     rng = np.random.default_rng(11)
     pred, lab = random_case(rng, 200, 300, decimals=2)
     want = ref_all(pred, lab)

@@ -1,5 +1,6 @@
 """NeXtVLAD and MixNeXtVLAD: the paper's sizes, the layer against a per-video loop written from the
-spec, masking, the distillation loss, reverse whitening, every option combination."""
+spec, masking, the distillation loss, reverse whitening, every option combination. (Shapes, gradients
+and counts of the tiny variants: test_models.py, for every family.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, MAX_FRAMES, RGB_DIM
-from yt8m_search.models import MixtureOutput, build, count, hyperparameters, module_count, param_count, size_bytes
+from yt8m_search.models import (
+    MixtureOutput,
+    build,
+    count,
+    hyperparameters,
+    load_eigenvals,
+    module_count,
+    param_count,
+    set_eigenvalues,
+    size_bytes,
+    upgrade_hparams,
+)
 from yt8m_search.models.layers import bce_loss
 from yt8m_search.models.mix_nextvlad import MixNeXtVLADModel
 from yt8m_search.models.nextvlad import NeXtVLAD, NeXtVLADModel, gather_frames
@@ -42,11 +54,17 @@ def _pad(x: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor,
 
 
 @pytest.fixture(scope="module")
-def fake_eigenvals(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A synthetic eigenvalue file in the official layout (2048, 1) float32."""
-    path = tmp_path_factory.mktemp("pca") / "eigenvals.npy"
-    np.save(path, np.linspace(10.0, 0.01, 2048, dtype=np.float32).reshape(2048, 1))
-    return str(path)
+def fake_eigenvals() -> np.ndarray:
+    """Synthetic eigenvalues in the official layout (2048, 1) float32."""
+    return np.linspace(10.0, 0.01, 2048, dtype=np.float32).reshape(2048, 1)
+
+
+def _build(name: str, eigenvals: np.ndarray | None = None, **hparams) -> torch.nn.Module:
+    """build() with reverse whitening on and filled when ``eigenvals`` is given."""
+    model = build(name, reverse_whitening=eigenvals is not None, **hparams)
+    if eigenvals is not None:
+        set_eigenvalues(model, eigenvals)
+    return model
 
 
 def _randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
@@ -80,8 +98,8 @@ def test_paper_sizes_exact_and_within_one_percent() -> None:
     assert param_count("nextvlad", groups=16) == 53_268_014  # the code-consistent 16G/32G sizes
     assert param_count("nextvlad", groups=32) == 38_731_334
     # the whitening scales are stored (1024 floats), once per model, not per branch
-    assert count("mix_nextvlad", pca_eigenvals="x.npy").stats == 215_616 + RGB_DIM
-    assert count("nextvlad", pca_eigenvals="x.npy").params == local
+    assert count("mix_nextvlad", reverse_whitening=True).stats == 215_616 + RGB_DIM
+    assert count("nextvlad", reverse_whitening=True).params == local
 
 
 def _random_configs(n: int, seed: int) -> list[dict]:
@@ -109,13 +127,16 @@ def _random_configs(n: int, seed: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("config", _random_configs(8, seed=1))
-def test_analytic_count_equals_built(config: dict, fake_eigenvals: str) -> None:
-    for whitening in (None, fake_eigenvals):
-        assert module_count(build("nextvlad", pca_eigenvals=whitening, **config)) == count(
-            "nextvlad", pca_eigenvals=whitening, **config
+def test_analytic_count_equals_built(config: dict) -> None:
+    for whitening in (False, True):
+        assert module_count(build("nextvlad", reverse_whitening=whitening, **config)) == count(
+            "nextvlad", reverse_whitening=whitening, **config
         )
     mix = dict(config, num_branches=random.Random(config["num_classes"]).randint(1, 3))
-    assert module_count(build("mix_nextvlad", **mix)) == count("mix_nextvlad", **mix)
+    for whitening in (False, True):
+        assert module_count(build("mix_nextvlad", reverse_whitening=whitening, **mix)) == count(
+            "mix_nextvlad", reverse_whitening=whitening, **mix
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,42 +207,16 @@ def test_cluster_bn_statistics_exclude_padding() -> None:
     torch.testing.assert_close(layer.cluster_bn.running_mean, m * valid_logits.mean(0), rtol=1e-9, atol=1e-12)
 
 
-def test_all_valid_mask_equals_no_mask() -> None:
-    torch.manual_seed(0)
-    model = build("nextvlad", dropout=0.0, **TINY).eval()
-    _randomize_bn(model)
-    x, _ = _batch(2, 5, [5, 5])
-    torch.testing.assert_close(model(x, torch.ones(2, 5, dtype=torch.bool)), model(x, None))
-
-
 # ---------------------------------------------------------------------------------------------
-# Models: shapes, gradients, padding invariance
-
-
-@pytest.mark.parametrize("name", ["nextvlad", "mix_nextvlad"])
-def test_forward_shapes_and_gradient_on_every_parameter(name: str) -> None:
-    torch.manual_seed(0)
-    extra = {"num_branches": 2} if name == "mix_nextvlad" else {}
-    model = build(name, dropout=0.0, **TINY, **extra).train()
-    x, mask = _batch(4, 6, [6, 3, 1, 5])
-    out = model(x, mask)
-    logits = model.logits(out)
-    assert logits.shape == (4, 20) and torch.isfinite(logits).all()
-    if name == "mix_nextvlad":
-        assert isinstance(out, MixtureOutput) and out.branch_logits.shape == (2, 4, 20)
-    labels = (torch.rand(4, 20) < 0.2).float()
-    model.loss(out, labels).backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+# Models: padding invariance, the mixture's frame mean
 
 
 @pytest.mark.parametrize("whitening", [False, True])
 @pytest.mark.parametrize("name", ["nextvlad", "mix_nextvlad"])
-def test_eval_output_invariant_to_appended_padding(name: str, whitening: bool, fake_eigenvals: str) -> None:
+def test_eval_output_invariant_to_appended_padding(name: str, whitening: bool, fake_eigenvals: np.ndarray) -> None:
     torch.manual_seed(0)
     extra = {"num_branches": 3} if name == "mix_nextvlad" else {}
-    model = build(name, pca_eigenvals=fake_eigenvals if whitening else None, **TINY, **extra).eval()
+    model = _build(name, fake_eigenvals if whitening else None, **TINY, **extra).eval()
     _randomize_bn(model)
     x, mask = _batch(3, 6, [6, 4, 2])
     with torch.no_grad():
@@ -232,13 +227,13 @@ def test_eval_output_invariant_to_appended_padding(name: str, whitening: bool, f
     torch.testing.assert_close(trimmed[1:], before[1:], atol=1e-5, rtol=1e-5)
 
 
-def test_mixture_frame_mean_emulates_the_fixed_300_frame_mean(fake_eigenvals: str) -> None:
+def test_mixture_frame_mean_emulates_the_fixed_300_frame_mean(fake_eigenvals: np.ndarray) -> None:
     """The original: whiten all 300 frames (padding = 0 before the transform), mean over 300."""
-    model = build("mix_nextvlad", pca_eigenvals=fake_eigenvals, **TINY).double()
+    model = _build("mix_nextvlad", fake_eigenvals, **TINY).double()
     x, mask = _batch(3, 7, [7, 4, 1], dtype=torch.float64)
     full = torch.zeros(3, MAX_FRAMES, FEATURE_DIM, dtype=torch.float64)
     full[:, :7] = x * mask[..., None]
-    e = np.load(fake_eigenvals).reshape(-1)[:RGB_DIM]
+    e = fake_eigenvals.reshape(-1)[:RGB_DIM]
     scale = torch.from_numpy(np.sqrt(e).astype(np.float32) + 1e-4).double()
     full[..., :RGB_DIM] = (full[..., :RGB_DIM] - 4 / 512) * scale
     expected = full.mean(dim=1)
@@ -317,7 +312,7 @@ def test_mixture_kl_vanishes_for_identical_branches() -> None:
 def test_reverse_whitening_with_real_eigenvalues() -> None:
     e = np.load(REAL_EIGENVALS).reshape(-1)
     assert e.shape == (2048,) and math.isclose(float(e[0]), 14.7385, rel_tol=1e-4)
-    model = build("nextvlad", pca_eigenvals=str(REAL_EIGENVALS), **TINY)
+    model = _build("nextvlad", load_eigenvals(REAL_EIGENVALS), **TINY)
     expected_scale = torch.from_numpy(np.sqrt(e[:RGB_DIM]) + 1e-4).float()
     torch.testing.assert_close(model.whitening.scale, expected_scale)
     assert math.isclose(model.whitening.scale[0].item(), math.sqrt(14.7385) + 1e-4, rel_tol=1e-5)
@@ -327,9 +322,50 @@ def test_reverse_whitening_with_real_eigenvalues() -> None:
     torch.testing.assert_close(rows[:, :RGB_DIM], (valid[:, :RGB_DIM] - 4 / 512) * expected_scale)
     assert torch.equal(rows[:, RGB_DIM:], valid[:, RGB_DIM:])  # audio untouched
     assert rows.shape == (6, FEATURE_DIM)
-    assert module_count(model).stats == count("nextvlad", pca_eigenvals=str(REAL_EIGENVALS), **TINY).stats
-    mix = build("mix_nextvlad", num_branches=2, pca_eigenvals=str(REAL_EIGENVALS), **TINY)
+    assert module_count(model).stats == count("nextvlad", reverse_whitening=True, **TINY).stats
+    mix = _build("mix_nextvlad", load_eigenvals(str(REAL_EIGENVALS)), num_branches=2, **TINY)
     assert all(b.whitening is None for b in mix.branches) and mix.whitening is not None
+    torch.testing.assert_close(mix.whitening.scale, expected_scale)
+
+
+def test_whitening_placeholder_until_the_eigenvalues_arrive(fake_eigenvals: np.ndarray) -> None:
+    """Built with reverse_whitening, the scale is sqrt(1) + 1e-4 (no file is read); set_eigenvalues
+    fills it in place, and a state dict carries it to a fresh model (how bundles load)."""
+    model = build("nextvlad", reverse_whitening=True, **TINY).eval()
+    assert torch.equal(model.whitening.scale, torch.full((RGB_DIM,), 1.0 + 1e-4))
+    buffer = model.whitening.scale
+    set_eigenvalues(model, fake_eigenvals)
+    expected = torch.from_numpy(np.sqrt(fake_eigenvals.reshape(-1)[:RGB_DIM]) + 1e-4).float()
+    assert model.whitening.scale is buffer  # filled in place
+    torch.testing.assert_close(model.whitening.scale, expected)
+    fresh = build("nextvlad", reverse_whitening=True, **TINY).eval()
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.whitening.scale, expected)
+    x, mask = _batch(2, 4, [4, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, mask), model(x, mask), rtol=0, atol=0)
+    set_eigenvalues(model.double(), fake_eigenvals.reshape(-1))  # (N,) works too; the dtype is kept
+    assert model.whitening.scale.dtype == torch.float64
+
+
+def test_set_eigenvalues_rejects_unusable_values() -> None:
+    model = build("mix_nextvlad", reverse_whitening=True, **TINY)
+    for bad, what in [(np.ones(100), "100"), (-np.ones(2048), "non-negative"), (np.full(2048, np.nan), "finite")]:
+        with pytest.raises(ValueError, match=f"pca_eigenvals: .*{what}"):
+            set_eigenvalues(model, bad)
+    with pytest.raises(ValueError, match="NeXtVLADModel has no reverse whitening"):
+        set_eigenvalues(build("nextvlad", **TINY), np.ones(2048))
+
+
+def test_old_pca_eigenvals_hparams() -> None:
+    """The old path hyperparameter is gone (models take values) and upgrade_hparams translates it."""
+    with pytest.raises(ValueError, match="unknown hyperparameter.*pca_eigenvals.*reverse_whitening"):
+        build("nextvlad", pca_eigenvals="/data/eigenvals.npy", **TINY)
+    for name in ("nextvlad", "mix_nextvlad"):
+        on = build(name, **upgrade_hparams(name, dict(TINY, pca_eigenvals="/data/eigenvals.npy")))
+        off = build(name, **upgrade_hparams(name, dict(TINY, pca_eigenvals=None)))
+        assert on.whitening is not None and off.whitening is None
+        assert "whitening.scale" in on.state_dict()  # the key old checkpoints and bundles carry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,13 +375,15 @@ def test_reverse_whitening_with_real_eigenvalues() -> None:
 @pytest.mark.parametrize(
     "classifier, prob_gating", [("logistic", False), ("moe", False), ("moe", True)]
 )
-def test_every_option_combination_builds(classifier: str, prob_gating: bool, fake_eigenvals: str) -> None:
-    for (groups, clusters), whitening in itertools.product([(2, 2), (2, 6), (4, 4), (8, 16)], [None, fake_eigenvals]):
+def test_every_option_combination_builds(classifier: str, prob_gating: bool, fake_eigenvals: np.ndarray) -> None:
+    for (groups, clusters), whitening in itertools.product([(2, 2), (2, 6), (4, 4), (8, 16)], [False, True]):
         hp = dict(
             groups=groups, clusters=clusters, hidden_size=8, gating_reduction=2, classifier=classifier,
-            num_mixtures=2, prob_gating=prob_gating, pca_eigenvals=whitening, num_classes=7,
+            num_mixtures=2, prob_gating=prob_gating, reverse_whitening=whitening, num_classes=7,
         )  # fmt: skip
         model = build("nextvlad", **hp).train()
+        if whitening:
+            set_eigenvalues(model, fake_eigenvals)
         x, mask = _batch(2, 3, [3, 1])
         logits = model(x, mask)
         assert logits.shape == (2, 7) and torch.isfinite(logits).all()
@@ -396,7 +434,17 @@ def test_invalid_mixture_arguments(hp: dict, message: str) -> None:
 
 def test_missing_eigenvalue_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pca_eigenvals"):
-        build("nextvlad", pca_eigenvals=str(tmp_path / "missing.npy"), **TINY)
+        load_eigenvals(str(tmp_path / "missing.npy"))
+    with pytest.raises(ValueError, match="missing.npy"):
+        load_eigenvals(tmp_path / "missing.npy")
+    short = tmp_path / "short.npy"
+    np.save(short, np.ones(10, np.float32))
+    with pytest.raises(ValueError, match=f"pca_eigenvals: {short} must hold >= {RGB_DIM}"):
+        load_eigenvals(short)
+    official = tmp_path / "eigenvals.npy"  # the official layout, (2048, 1) float32
+    np.save(official, np.linspace(10.0, 0.01, 2048, dtype=np.float32).reshape(2048, 1))
+    values = load_eigenvals(official)
+    assert values.shape == (RGB_DIM,) and values.dtype == np.float32 and values[0] == 10.0
 
 
 def test_loss_gradient_flows_to_masked_frames_only() -> None:

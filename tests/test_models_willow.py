@@ -1,5 +1,6 @@
 """WILLOW family (netvlad, netrvlad, soft_bof), non-local NetVLAD and the GRU: published sizes, exact
-analytic counts, masking, frame sampling, gradients, and reference computations."""
+analytic counts, masking, frame sampling, gradients, and reference computations. (The generic checks
+of every family's tiny variant: test_models.py.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 from yt8m_search import models
 from yt8m_search.models import netvlad as nv
 from yt8m_search.models import nonlocal_netvlad as nl
+from yt8m_search.models import pooling
 from yt8m_search.models.layers import module_count
 
 C = 20  # classes in the tiny models
@@ -223,7 +225,7 @@ def test_select_frames_draws_uniformly_from_valid_frames() -> None:
     mask = torch.tensor([[1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
     x = torch.where(mask, torch.arange(1.0, t + 1), torch.tensor(-1.0)).unsqueeze(-1)  # value = position + 1
     torch.manual_seed(0)
-    frames, m, w = nv.select_frames(x, mask, 3000, training=True)
+    frames, m, w = pooling.select_frames(x, mask, 3000, training=True)
     assert frames.shape == (3, 3000, 1) and m.all() and (w == 1).all()
     for b in range(3):
         valid = (torch.nonzero(mask[b]).squeeze(1) + 1).float()
@@ -231,14 +233,18 @@ def test_select_frames_draws_uniformly_from_valid_frames() -> None:
         assert torch.equal(values, valid)  # every valid frame, nothing else
         assert counts.min() > 0.8 * 3000 / len(valid)  # roughly uniform
     # eval: all frames, padding weight 0, valid weight S/n (the expected training-time sum)
-    frames, m, w = nv.select_frames(x, mask, 30, training=False)
+    frames, m, w = pooling.select_frames(x, mask, 30, training=False)
     assert frames is x and torch.equal(m, mask)
     assert torch.allclose(w, mask.float() * 30 / mask.sum(1, keepdim=True))
 
 
 def test_eval_frame_weight_cancels_without_a_nonlocal_block() -> None:
     x, mask = _batch([5, 2, 7])
-    cases = [("netvlad", {"clusters": 4}), ("netrvlad", {"clusters": 4}), ("soft_bof", {"clusters": 16, "maxpool": True})]
+    cases = [
+        ("netvlad", {"clusters": 4}),
+        ("netrvlad", {"clusters": 4}),
+        ("soft_bof", {"clusters": 16, "maxpool": True}),
+    ]
     for name, kw in cases:
         a, b = _build(name, kw, sample_frames=0), _build(name, kw, sample_frames=300)
         b.load_state_dict(a.state_dict())
@@ -253,8 +259,8 @@ def test_eval_frame_weight_cancels_without_a_nonlocal_block() -> None:
 def test_pooling_matches_a_slow_per_video_loop() -> None:
     torch.manual_seed(0)
     d, k, t = 6, 3, 5
-    vlad, rvlad = nv.VladPooling(d, k, centres=True).double(), nv.VladPooling(d, k, centres=False).double()
-    bof = nv.SoftBoFPooling(d, k, maxpool=True).double()
+    vlad, rvlad = pooling.VladPooling(d, k, centres=True).double(), pooling.VladPooling(d, k, centres=False).double()
+    bof = pooling.SoftBoFPooling(d, k, maxpool=True).double()
     for pool in (vlad, rvlad, bof):
         _randomise_bn(pool)
         pool.eval()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from yt8m_search import results
+
 from .conftest import run_sweep_to_the_end
 
 SCRIPT = Path(__file__).with_name("two_node_sweep.py")
@@ -28,6 +30,7 @@ def test_two_node_sweep_survives_losing_a_node_mid_trial(tmp_path: Path) -> None
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] == 1 and sum(summary["trials"].values()) == 1
+    assert [r.number for r in results.read_trials(str(out))] == [0]
     removed = json.loads((out / "node_removed.json").read_text())
     before = removed["history"]  # the trial's epochs when the node went away
     assert before[0]["nodes"] == 2  # its two workers ran on the two nodes

@@ -226,7 +226,8 @@ def test_s3_round_trip(tmp_path: Path, s3_bucket: str) -> None:
 def test_training_reader_streams_row_groups_from_s3(s3_bucket: str) -> None:
     import pyarrow as pa
 
-    from yt8m_search.data.loading import COLUMNS, _read_shards
+    from yt8m_search.data.batch import COLUMNS
+    from yt8m_search.data.loading import _read_shards
 
     write_frame_level(f"{s3_bucket}/rg/train0000.tfrecord", _videos(5, 7))
     convert(f"{s3_bucket}/rg", f"{s3_bucket}/rg-pq", workers=1, progress=False)

@@ -3,7 +3,7 @@ degenerate inputs, atomic write)."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 from html.parser import HTMLParser
@@ -11,6 +11,16 @@ from html.parser import HTMLParser
 import pytest
 
 from yt8m_search.report import pareto_ids, render_report, write_report
+from yt8m_search.results import (
+    BestTrial,
+    BudgetSummary,
+    DataSummary,
+    EnsembleFailure,
+    EnsembleSummary,
+    RunSummary,
+    TrialRow,
+    TrialState,
+)
 
 NAN = math.nan
 EVIL_ID = "trial_<script>alert(1)</script>"
@@ -68,39 +78,47 @@ def parse(text: str) -> Page:
 
 
 def row(tid: str, state: str, gap: float, size: int, *, model: str = "nextvlad", epochs: int = 10,
-        reason: str = "", **config: object) -> dict:  # fmt: skip
+        reason: str = "", number: int = 0, **config: object) -> TrialRow:  # fmt: skip
     trained = state in ("complete", "stopped")
-    return {
-        "trial_id": tid,
-        "state": state,
-        "model": model,
-        "hparams": json.dumps({k: v for k, v in config.items() if v is not None}, sort_keys=True),
-        "config.family": model,
-        "config.lr": config.get("lr", 1e-3),
-        "config.cluster_size": config.get("cluster_size", NAN if model != "nextvlad" else 64),
-        "config.gating": config.get("gating"),
-        "gap": gap if trained else NAN,
-        "gap_last": gap - 0.001 if trained else NAN,
-        "hit_at_one": gap + 0.05 if trained else NAN,
-        "perr": NAN,
-        "map": NAN,
-        "epochs": epochs if trained else 0,
-        "best_epoch": epochs - 1 if trained else 0,
-        "params": size // 2 if size > 0 else 0,
-        "size_bytes": size,
-        "samples_per_s": 1234.5 if trained else NAN,
-        "checkpoint": f"/runs/x/trials/{tid}/best" if trained else "",
-        "predictions": f"/runs/x/trials/{tid}/best/predictions.npy" if trained else "",
-        "reason": reason,
-    }
+    return TrialRow(
+        number=number,
+        trial_id=tid,
+        state=TrialState(state),
+        model=model,
+        hparams={k: v for k, v in config.items() if v is not None},
+        config={
+            "family": model,
+            "lr": config.get("lr", 1e-3),
+            "cluster_size": config.get("cluster_size", NAN if model != "nextvlad" else 64),
+            "gating": config.get("gating"),
+        },
+        gap=gap if trained else NAN,
+        gap_last=gap - 0.001 if trained else NAN,
+        hit_at_one=gap + 0.05 if trained else NAN,
+        perr=NAN,
+        map=NAN,
+        epochs=epochs if trained else 0,
+        best_epoch=epochs - 1 if trained else 0,
+        params=size // 2 if size > 0 else 0,
+        size_bytes=size,
+        samples_per_s=1234.5 if trained else NAN,
+        checkpoint=f"/runs/x/trials/{tid}/best" if trained else "",
+        predictions=f"/runs/x/trials/{tid}/best/predictions.npy" if trained else "",
+        reason=reason,
+    )
+
+
+def numbered(rows: list[TrialRow]) -> list[TrialRow]:
+    """The rows with their creation numbers 0..n-1 in list order."""
+    return [dataclasses.replace(r, number=i) for i, r in enumerate(rows)]
 
 
 MB = 1_000_000
 
 
 @pytest.fixture()
-def rows() -> list[dict]:
-    return [
+def rows() -> list[TrialRow]:
+    return numbered([
         row("t00", "complete", 0.80, 40 * MB, lr=3e-4),
         row("t01", "stopped", 0.60, 10 * MB, epochs=2),
         row("t02", "infeasible", NAN, 900 * MB, reason="size 900 MB over the 200 MB budget"),
@@ -114,53 +132,69 @@ def rows() -> list[dict]:
         row("t10", "complete", 0.82, 120 * MB, model="nonlocal_netvlad", lr="cosine"),
         row("t11", "complete", NAN, 15 * MB),  # NaN GAP: plotted nowhere, not on the front
         row("t12", "infeasible", NAN, -1, reason="unknown size"),
-    ]
+    ])  # fmt: skip
 
 
-def summary_for(rows: list[dict], *, ensemble: bool = True) -> dict:
+def ensemble_summary(**values: object) -> EnsembleSummary:
+    """An ensemble entry: the given fields over empty defaults."""
+    fields: dict[str, object] = dict(
+        members=[], weights=[], models=[], member_gaps=[], member_bytes=[], gap=NAN, selection_gap=NAN,
+        best_single={}, hit_at_one=NAN, perr=NAN, map=None, validation_videos=0, size_bytes=0, file_bytes=0,
+        budget_bytes=0, storage_dtype="float16", path="", format_version=1, strategy="greedy", curve=[], steps=0,
+        local_moves=0, candidates=0, evaluations=0, selection_seconds=0.0, seconds=0.0, notes=[],
+    )  # fmt: skip
+    fields.update(values)
+    return EnsembleSummary(**fields)  # type: ignore[arg-type]
+
+
+def bare_summary(**values: object) -> RunSummary:
+    """A summary with nothing in it but what is given."""
+    fields: dict[str, object] = dict(
+        space="", space_hash="", version="", run_dir="", objectives=[], trials={},
+        budget=BudgetSummary(max_model_bytes=None, ensemble_bytes=0, storage_dtype=""),
+        data=DataSummary(train="", validation=""), best=None, pareto=[],
+    )  # fmt: skip
+    fields.update(values)
+    return RunSummary(**fields)  # type: ignore[arg-type]
+
+
+def summary_for(rows: list[TrialRow], *, ensemble: bool = True) -> RunSummary:
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    out = {
-        "space": "search_spaces/smoke.yaml",
-        "space_hash": "abc123",
-        "version": "0.1.0",
-        "run_dir": "/runs/x",
-        "objectives": ["gap", "size"],
-        "trials": counts,
-        "budget": {"max_model_bytes": 200 * MB, "ensemble_bytes": 100 * MB, "storage_dtype": "float16"},
-        "best": {"trial_id": "t10", "model": "nonlocal_netvlad", "hparams": {"lr": 1e-3}, "gap": 0.82,
-                 "epochs": 10, "params": 60 * MB, "size_bytes": 120 * MB, "checkpoint": "/runs/x/t10/best",
-                 "predictions": "/runs/x/t10/p.npy", "config": {"lr": 1e-3}},
-        "pareto": ["t00", "t03", "t05", "t10"],
-    }  # fmt: skip
-    if ensemble:
-        out["ensemble"] = {
-            "members": ["t00", "t03", "t00"],
-            "weights": [2, 1, 0],
-            "gap": 0.83,
-            "selection_gap": 0.84,
-            "size_bytes": 60 * MB,
-            "budget_bytes": 100 * MB,
-            "path": "/runs/x/ensemble",
-            "curve": [[40 * MB, 0.80], [60 * MB, 0.83], [60 * MB, 0.835]],
-        }
-    return out
+        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+    return RunSummary(
+        space="search_spaces/smoke.yaml",
+        space_hash="abc123",
+        version="0.1.0",
+        run_dir="/runs/x",
+        objectives=["gap", "size"],
+        trials=counts,
+        budget=BudgetSummary(max_model_bytes=200 * MB, ensemble_bytes=100 * MB, storage_dtype="float16"),
+        data=DataSummary(train="/data/train", validation="/data/validation"),
+        best=BestTrial(trial_id="t10", model="nonlocal_netvlad", hparams={"lr": 1e-3}, gap=0.82, epochs=10,
+                       params=60 * MB, size_bytes=120 * MB, checkpoint="/runs/x/t10/best",
+                       predictions="/runs/x/t10/p.npy", config={"lr": 1e-3}),
+        pareto=["t00", "t03", "t05", "t10"],
+        ensemble=ensemble_summary(
+            members=["t00", "t03", "t00"], weights=[2, 1, 0], gap=0.83, selection_gap=0.84, size_bytes=60 * MB,
+            budget_bytes=100 * MB, path="/runs/x/ensemble", curve=[[40 * MB, 0.80], [60 * MB, 0.83], [60 * MB, 0.835]],
+        ) if ensemble else None,
+    )  # fmt: skip
 
 
 IMPORTANCES = {"lr": 0.6, "cluster_size": 0.3, "gating": 0.1}
 
 
-def brute_front(rows: list[dict]) -> set[str]:
-    done = [r for r in rows if r["state"] == "complete" and math.isfinite(r["gap"]) and r["size_bytes"] > 0]
+def brute_front(rows: list[TrialRow]) -> set[str]:
+    done = [r for r in rows if r.state == "complete" and math.isfinite(r.gap) and r.size_bytes > 0]
     return {
-        r["trial_id"] for r in done
-        if not any(o["gap"] >= r["gap"] and o["size_bytes"] <= r["size_bytes"]
-                   and (o["gap"] > r["gap"] or o["size_bytes"] < r["size_bytes"]) for o in done)
+        r.trial_id for r in done
+        if not any(o.gap >= r.gap and o.size_bytes <= r.size_bytes
+                   and (o.gap > r.gap or o.size_bytes < r.size_bytes) for o in done)
     }  # fmt: skip
 
 
-def test_full_report(rows: list[dict]) -> None:
+def test_full_report(rows: list[TrialRow]) -> None:
     text = render_report(rows, summary_for(rows), IMPORTANCES)
     assert text.startswith("<!DOCTYPE html>")
     page = parse(text)
@@ -175,7 +209,7 @@ def test_full_report(rows: list[dict]) -> None:
     # Every trial is listed in the trials table.
     table_ids = [a["data-trial"] for a in page.tags("tr") if a.get("data-trial")]
     for r in rows:
-        assert r["trial_id"] in table_ids
+        assert r.trial_id in table_ids
     # Escaping: the hostile id and reason only appear escaped.
     assert "<script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -183,7 +217,7 @@ def test_full_report(rows: list[dict]) -> None:
     assert EVIL_REASON in "".join(page.text)
 
 
-def test_pareto_points_are_the_non_dominated_complete_trials(rows: list[dict]) -> None:
+def test_pareto_points_are_the_non_dominated_complete_trials(rows: list[TrialRow]) -> None:
     page = parse(render_report(rows, summary_for(rows), IMPORTANCES))
     marked = {a["data-trial"] for a in page.tags("circle", **{"data-pareto": "1"})}
     expected = brute_front(rows)
@@ -199,12 +233,12 @@ def test_pareto_points_are_the_non_dominated_complete_trials(rows: list[dict]) -
     assert len(page.tags("line", **{"class": "budget"})) == 2
 
 
-def test_history_and_table_order(rows: list[dict]) -> None:
+def test_history_and_table_order(rows: list[TrialRow]) -> None:
     page = parse(render_report(rows, summary_for(rows), IMPORTANCES))
     history = [a for a in page.tags("circle") if "data-pareto" not in a and a.get("data-trial")]
     # The history plot has one point per trained trial with a finite GAP.
     assert sorted(a["data-trial"] for a in history) == sorted(
-        r["trial_id"] for r in rows if r["state"] in ("complete", "stopped") and math.isfinite(r["gap"])
+        r.trial_id for r in rows if r.state in ("complete", "stopped") and math.isfinite(r.gap)
     )
     assert len(page.tags("path", **{"class": "running-best"})) == 1
     order = [a["data-trial"] for a in page.tags("tr") if a.get("data-trial") and "class" in a]
@@ -215,7 +249,7 @@ def test_history_and_table_order(rows: list[dict]) -> None:
     assert bars == ["lr", "cluster_size", "gating"]
 
 
-def test_no_ensemble_and_no_importances(rows: list[dict]) -> None:
+def test_no_ensemble_and_no_importances(rows: list[TrialRow]) -> None:
     text = render_report(rows, summary_for(rows, ensemble=False), {})
     page = parse(text)
     assert len(page.tags("svg")) == 2
@@ -228,38 +262,39 @@ def test_no_ensemble_and_no_importances(rows: list[dict]) -> None:
     ["empty", "only_infeasible", "one_trial", "nan_gaps", "all_equal", "single_stopped", "missing_keys"],
 )
 def test_degenerate_inputs(case: str) -> None:
-    summary: dict = {"space": "s.yaml", "space_hash": "h", "version": "0", "run_dir": "r", "objectives": ["gap"],
-                     "budget": {"max_model_bytes": None, "ensemble_bytes": None, "storage_dtype": "float32"},
-                     "best": None, "pareto": []}  # fmt: skip
+    summary = bare_summary(space="s.yaml", space_hash="h", version="0", run_dir="r", objectives=["gap"],
+                           budget=BudgetSummary(max_model_bytes=None, ensemble_bytes=0, storage_dtype="float32"))
     if case == "empty":
-        rows: list[dict] = []
+        rows: list[TrialRow] = []
     elif case == "only_infeasible":
-        rows = [row("a", "infeasible", NAN, 5 * MB, reason="too big"), row("b", "infeasible", NAN, -1)]
-        summary["budget"]["max_model_bytes"] = 1 * MB
+        rows = numbered([row("a", "infeasible", NAN, 5 * MB, reason="too big"), row("b", "infeasible", NAN, -1)])
+        summary = dataclasses.replace(summary, budget=dataclasses.replace(summary.budget, max_model_bytes=1 * MB))
     elif case == "one_trial":
         rows = [row("a", "complete", 0.5, 2 * MB)]
-        summary["best"] = {"trial_id": "a", "model": "nextvlad", "hparams": {}, "gap": 0.5, "epochs": 10,
-                           "params": 1, "size_bytes": 2 * MB, "checkpoint": "", "predictions": "", "config": {}}  # fmt: skip
-        summary["ensemble"] = {"members": ["a"], "weights": [1], "gap": 0.5, "selection_gap": 0.5,
-                               "size_bytes": 2 * MB, "budget_bytes": 2 * MB, "path": "", "curve": [[2 * MB, 0.5]]}  # fmt: skip
-    elif case == "nan_gaps":
-        rows = [row("a", "complete", NAN, 2 * MB), row("b", "stopped", NAN, NAN), row("c", "error", NAN, 0)]
-        summary["ensemble"] = {"members": [], "weights": [], "gap": NAN, "curve": [[NAN, NAN]]}
+        best = BestTrial(trial_id="a", model="nextvlad", hparams={}, gap=0.5, epochs=10, params=1, size_bytes=2 * MB,
+                         checkpoint="", predictions="", config={})  # fmt: skip
+        summary = dataclasses.replace(summary, best=best, ensemble=ensemble_summary(
+            members=["a"], weights=[1], gap=0.5, selection_gap=0.5, size_bytes=2 * MB, budget_bytes=2 * MB,
+            curve=[[2 * MB, 0.5]]))  # fmt: skip
+    elif case == "nan_gaps":  # b's size unknown (-1), c's zero
+        rows = numbered([row("a", "complete", NAN, 2 * MB), row("b", "stopped", NAN, -1), row("c", "error", NAN, 0)])
+        summary = dataclasses.replace(summary, ensemble=ensemble_summary(gap=NAN, curve=[[NAN, NAN]]))
     elif case == "all_equal":
-        rows = [row(f"t{i}", "complete", 0.0, 3 * MB) for i in range(4)]
-        summary["budget"]["max_model_bytes"] = 3 * MB
+        rows = numbered([row(f"t{i}", "complete", 0.0, 3 * MB) for i in range(4)])
+        summary = dataclasses.replace(summary, budget=dataclasses.replace(summary.budget, max_model_bytes=3 * MB))
     elif case == "single_stopped":
         rows = [row("a", "stopped", 1.0, 7, epochs=1)]
-    else:
-        rows = [{"trial_id": "a", "state": "complete", "gap": 0.4}, {"trial_id": "b"}]
-        summary = {}
+    else:  # a summary and rows with nothing set: no counts, no budget, no model, no metrics
+        rows = numbered([dataclasses.replace(row("a", "complete", 0.4, -1, model=""), config={}, params=0),
+                         dataclasses.replace(row("b", "pending", NAN, -1, model=""), config={})])
+        summary = bare_summary()
     text = render_report(rows, summary, {"x": NAN} if case == "nan_gaps" else {})
     page = parse(text)
     assert text.startswith("<!DOCTYPE html>")
-    assert len(page.tags("svg")) == (3 if "ensemble" in summary else 2)
+    assert len(page.tags("svg")) == (3 if summary.ensemble is not None else 2)
     assert "nan" not in "".join(page.text).lower().replace("nonlocal", "")
     for r in rows:
-        assert r["trial_id"] in [a.get("data-trial") for a in page.tags("tr")]
+        assert r.trial_id in [a.get("data-trial") for a in page.tags("tr")]
     # No coordinate is NaN or infinite.
     for _, attrs in page.starts:
         for k in ("cx", "cy", "x", "y", "x1", "x2", "y1", "y2", "width", "d"):
@@ -269,7 +304,7 @@ def test_degenerate_inputs(case: str) -> None:
         assert {a["data-trial"] for a in page.tags("circle", **{"data-pareto": "1"})} == {f"t{i}" for i in range(4)}
 
 
-def test_write_report(tmp_path, rows: list[dict]) -> None:
+def test_write_report(tmp_path, rows: list[TrialRow]) -> None:
     run_dir = tmp_path / "run"
     path = write_report(str(run_dir), rows, summary_for(rows), IMPORTANCES)
     assert path == os.path.join(str(run_dir), "report.html")
@@ -280,3 +315,21 @@ def test_write_report(tmp_path, rows: list[dict]) -> None:
     write_report(str(run_dir), [], summary_for([], ensemble=False), {})
     assert os.listdir(run_dir) == ["report.html"]
     assert "no trials" in open(path, encoding="utf-8").read()
+
+
+def test_page_follows_creation_order_whatever_the_input_order(rows: list[TrialRow]) -> None:
+    """The history's x axis and the table's ties are creation order (``number``), not list order."""
+    shuffled = rows[::-1]
+    in_order = render_report(rows, summary_for(rows), IMPORTANCES)
+    assert render_report(shuffled, summary_for(rows), IMPORTANCES) == in_order
+    page = parse(render_report(shuffled, summary_for(rows), IMPORTANCES))
+    history = [a["data-trial"] for a in page.tags("circle") if "data-pareto" not in a and a.get("data-trial")]
+    assert history == [r.trial_id for r in rows if r.trained and math.isfinite(r.gap)]
+
+
+def test_a_failed_ensemble_step_shows_an_ensemble_without_members(rows: list[TrialRow]) -> None:
+    summary = dataclasses.replace(summary_for(rows), ensemble=EnsembleFailure("no trained trial fits the budget"))
+    page = parse(render_report(rows, summary, IMPORTANCES))
+    assert len(page.tags("svg")) == 4 and len(page.tags("table")) == 2
+    assert "no members" in "".join(page.text) and "no ensemble curve recorded" in "".join(page.text)
+    assert not page.tags("circle", **{"data-step": "1"})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from yt8m_search import results
 from yt8m_search.data.prepare import synthetic_dataset
 
 from .conftest import kill_sweep_when, run_sweep_to_the_end
@@ -63,6 +64,8 @@ def test_smoke_sweep_on_s3_is_resumed_and_uploads_its_bundle(
     assert 0 < head["ContentLength"] <= ensemble["budget_bytes"]
     for name in ("trials.csv", "report.html", "optuna.journal"):
         assert _keys(client, bucket, f"runs/smoke/{name}"), name
+    table = results.parse_trials(client.get_object(Bucket=bucket, Key="runs/smoke/trials.csv")["Body"].read().decode())
+    assert [r.number for r in table] == [0, 1]  # creation order, across the resume
 
     # credentials only ever come from the environment: no object of the run holds them
     for key in _keys(client, bucket, "runs/smoke/"):

@@ -13,7 +13,8 @@ import numpy as np
 import optuna
 import pytest
 
-from yt8m_search import config, models, run, search
+from yt8m_search import compat, config, models, results, run, search
+from yt8m_search.results import TrialRow, TrialState
 
 from .conftest import kill_sweep_when, run_sweep_to_the_end
 
@@ -33,9 +34,10 @@ def test_space_samples_conditionally_and_rejects_over_budget_configs() -> None:
     space = pickle.loads(pickle.dumps(space))  # Tune pickles the searcher with its space
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = {True: 0, False: 0}
-    for _ in range(40):
+    for number in range(40):
         trial = study.ask()
         extra = space(trial)
+        assert extra["number"] == number  # Optuna's trial number: the order the trials were asked for
         values = {**trial.params, **{k: v for k, v in extra.items() if k in {p.name for p in spec.parameters}}}
         family, hparams = search.model_of(values, spec.parameters)
         assert ("temperature" in values) == (family == "mix_nextvlad")
@@ -56,12 +58,44 @@ def test_states_and_pareto_front_use_fully_trained_trials_only() -> None:
     assert search.trial_state("TERMINATED", {"epoch": 3, "infeasible": 1}, False, 3) == "infeasible"
     assert search.trial_state("ERROR", None, True, 3) == "error"
     rows = [
-        {"trial_id": "a", "state": "complete", "gap": 0.5, "size_bytes": 10},
-        {"trial_id": "b", "state": "complete", "gap": 0.4, "size_bytes": 5},
-        {"trial_id": "c", "state": "complete", "gap": 0.3, "size_bytes": 8},  # dominated by b
-        {"trial_id": "d", "state": "stopped", "gap": 0.9, "size_bytes": 1},  # partial: never on the front
+        _row(0, "a", "complete", gap=0.5, size_bytes=10),
+        _row(1, "b", "complete", gap=0.4, size_bytes=5),
+        _row(2, "c", "complete", gap=0.3, size_bytes=8),  # dominated by b
+        _row(3, "d", "stopped", gap=0.9, size_bytes=1),  # partial: never on the front
     ]
-    assert [r["trial_id"] for r in search.pareto_front(rows)] == ["a", "b"]
+    assert [r.trial_id for r in results.pareto_front(rows)] == ["a", "b"]
+
+
+def _row(number: int, trial_id: str, state: str, **values: object) -> TrialRow:
+    fields: dict[str, object] = dict(
+        number=number, trial_id=trial_id, state=TrialState(state), model="nextvlad", hparams={}, config={},
+        gap=math.nan, gap_last=math.nan, hit_at_one=math.nan, perr=math.nan, map=math.nan, epochs=0, best_epoch=0,
+        params=0, size_bytes=-1, samples_per_s=math.nan, checkpoint="", predictions="", reason="",
+    )  # fmt: skip
+    fields.update(values)
+    return TrialRow(**fields)  # type: ignore[arg-type]
+
+
+def test_trials_table_is_in_creation_order_numbered_from_zero(tmp_path: Path) -> None:
+    """Rows follow the searcher's number in each trial's config, whatever order Tune lists the trials
+    in (it moves a retried trial to the end and re-queues resumed ones by their last result)."""
+    spec = config.load(SMOKE)
+    created = [  # (trial id, Optuna number), as Tune might list them after a resume
+        ("c", 5), ("a", 0), ("e", 7), ("b", 2), ("d", 6),
+    ]
+    metrics = {"epoch": 3, "gap": 0.3, "gap_best": 0.4, "params": 10, "size_bytes": 20, "checkpoint": "/c"}
+    trials = [({"family": "nextvlad", "groups": 2, "number": n, "feasible": True},
+               {**metrics, "trial_id": tid}, None) for tid, n in created]  # fmt: skip
+    trials.append(({"family": "nextvlad", "groups": 4, "number": 1, "feasible": False, "size_bytes": 9e6,
+                    "infeasible_reason": "over budget"}, {"epoch": 3, "infeasible": 1, "trial_id": "x"}, None))
+    rows = search.trial_rows(spec, trials)
+    assert [r.number for r in rows] == list(range(6))
+    assert [r.trial_id for r in rows] == ["a", "x", "b", "c", "d", "e"]
+    assert rows[1].state == "infeasible" and rows[1].reason == "over budget" and rows[1].size_bytes == 9_000_000
+    assert rows[0].state == "complete" and rows[0].gap == 0.4 and rows[0].config == {"family": "nextvlad", "groups": 2}
+    results.write_trials(rows[::-1], str(tmp_path))  # the table is written in creation order
+    table = results.read_trials(str(tmp_path))
+    assert [(r.number, r.trial_id) for r in table] == [(r.number, r.trial_id) for r in rows]
 
 
 def test_dry_run_prints_space_budget_and_sampled_sizes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,7 +145,7 @@ def test_multi_objective_searcher_keeps_two_directions() -> None:
     spec = config.load(SMOKE, ["search.objectives=[gap, size]"])
     searcher = search.make_searcher(spec)
     searcher.set_search_properties(None, None, {})
-    assert len(searcher._ot_study.directions) == 2
+    assert len(compat.optuna_study(searcher).directions) == 2
     assert not math.isnan(spec.budget.ensemble_bytes)
 
 
@@ -130,6 +164,7 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 4 and sum(summary["trials"].values()) == 4
+    _assert_tune_creation_order(out, rows)
     for row in rows:
         size = int(float(row["size_bytes"]))
         if row["state"] == "infeasible":  # never trained: no Train run folder was made for it
@@ -149,6 +184,18 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     assert ensemble["size_bytes"] <= ensemble["budget_bytes"] and Path(ensemble["path"]).exists()
 
 
+def _assert_tune_creation_order(out: Path, rows: list[dict[str, str]]) -> None:
+    """The table is numbered 0..n-1 in the order Tune created the trials: Tune names a trial's folder
+    ``run_trial_<trial id>_<experiment tag>_<date>``, and the tag starts with its 1-based creation count."""
+    created = {}
+    for folder in (out / "tune").glob("run_trial_*"):
+        match = re.match(r"run_trial_([0-9a-f]+)_(\d+)_", folder.name)
+        assert match, folder.name
+        created[match[1]] = int(match[2]) - 1
+    assert [int(r["number"]) for r in rows] == list(range(len(rows)))
+    assert {r["trial_id"]: int(r["number"]) for r in rows} == created
+
+
 def _trial_spans(out: Path) -> list[tuple[float, float]]:
     """(start, end) wall-clock seconds of every trained trial, from Tune's per-trial result logs."""
 
@@ -166,6 +213,7 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     """Two trials at a time; the driver (and its Ray instance) is SIGKILLed once a trial has finished;
     ``--resume``, a new process as a user would start it, completes the sweep without re-running the
     finished trial."""
+    import csv
 
     out = tmp_path / "run"
     overrides = [
@@ -189,6 +237,7 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     assert re.search(r"^\[00:[0-2]\d\] ", resumed, re.MULTILINE), resumed  # the clock restarts: not the killed run's
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] == 4 and sum(summary["trials"].values()) == 4
+    _assert_tune_creation_order(out, list(csv.DictReader((out / "trials.csv").open())))  # survives --resume
     for name, mtime in finished.items():  # finished before the kill: not trained again
         assert (out / "trials" / name / "history.json").stat().st_mtime == mtime
     spans = sorted(_trial_spans(out))
@@ -215,7 +264,8 @@ def test_importance_ranks_what_reaches_a_high_gap() -> None:
     how they reach *low* values (the evaluator's own sense), ``b`` would come first."""
     rng = np.random.default_rng(0)
     study = optuna.create_study(direction="maximize")
-    distributions = {"a": optuna.distributions.FloatDistribution(0, 1), "b": optuna.distributions.FloatDistribution(0, 1)}
+    uniform = optuna.distributions.FloatDistribution(0, 1)
+    distributions = {"a": uniform, "b": uniform}
     for a, b in rng.random((200, 2)):
         gap = 0.5 + 0.01 * b if a > 0.9 else 0.1 * b
         study.add_trial(optuna.trial.create_trial(params={"a": a, "b": b}, distributions=distributions, value=gap,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from yt8m_search import tracking
+from yt8m_search import compat, tracking
 
 
 def test_run_summaries_keep_the_best_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,20 +39,19 @@ def test_ray_logging_actor_defines_the_metrics_and_sizes(tmp_path: Path, monkeyp
     """The actor class Ray starts per trial runs ``define_metrics`` right after ``wandb.init``."""
     import queue
 
-    from ray.air.integrations.wandb import _QueueItem
-
+    kinds = compat.wandb_queue_item_kinds()
     seen = []
     define = tracking.define_metrics
     monkeypatch.setattr(tracking, "define_metrics", lambda run: (define(run), seen.append(dict(run.config))))
     monkeypatch.setenv("WANDB_SILENT", "true")
     items: queue.Queue = queue.Queue()
-    items.put((_QueueItem.RESULT, {"config": {"groups": 4}, "epoch": 1, "gap": 0.3, "params": 10, "size_bytes": 20}))
-    items.put((_QueueItem.END, None))
+    items.put((kinds.RESULT, {"config": {"groups": 4}, "epoch": 1, "gap": 0.3, "params": 10, "size_bytes": 20}))
+    items.put((kinds.END, None))
     actor = tracking._TrialLoggingActor(
         logdir=str(tmp_path), queue=items, exclude=tracking.EXCLUDED,
         to_config=tracking.SweepWandbCallback.AUTO_CONFIG_KEYS, mode="offline", dir=str(tmp_path), project="t",
     )
-    log, config_update = actor._handle_result(items.queue[0][1])
+    log, config_update = compat.wandb_actor_split_result(actor, items.queue[0][1])
     assert config_update == {"groups": 4, "params": 10, "size_bytes": 20} and log == {"epoch": 1, "gap": 0.3}
     actor.run()
     assert len(seen) == 1

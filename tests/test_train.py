@@ -1,8 +1,11 @@
-"""The per-trial trainer: recipe pieces, and real Ray Train runs (1 and 2 workers, a killed worker)."""
+"""The per-trial trainer: recipe pieces, the best/ artifacts, and real Ray Train runs (1 and 2 workers,
+reverse whitening, a killed worker)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,29 +13,32 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from yt8m_search import metrics, models
+from yt8m_search import artifacts, metrics, models
+from yt8m_search.config import TrialSettings
+from yt8m_search.data.batch import VideoBatch
 from yt8m_search.data.loading import iter_video_batches, read_videos
 from yt8m_search.data.prepare import DataPaths
 from yt8m_search.train import (
     CHECKPOINT_FILE,
     TrainConfig,
     clip_per_parameter_,
+    epoch_checkpoints,
     evaluate,
     fit,
-    epoch_checkpoints,
     learning_rate,
-    load_best_model,
     make_optimizer,
 )
+from yt8m_search.train.checkpoints import newest_state
 
 from .conftest import SMALL_CLASSES
+from .faults import KillOnce
 
 TINY = {"groups": 2, "clusters": 8, "hidden_size": 32, "gating_reduction": 4, "num_classes": SMALL_CLASSES}
 
 
 def _config(**overrides: object) -> TrainConfig:
     values = dict(model="nextvlad", hparams=TINY, epochs=2, batch_size=16, eval_batch_size=32, learning_rate=2e-3,
-                  shuffle_buffer=64, cpus_per_worker=0.5)
+                  shuffle_buffer=64, cpus_per_worker=0.5, max_failures=3)  # 3: TrainConfig's old default
     values.update(overrides)
     return TrainConfig(**values)  # type: ignore[arg-type]
 
@@ -66,6 +72,49 @@ def test_invalid_configs_list_every_problem() -> None:
         _config(epochs=0, batch_size=15, num_workers=2, hparams={"groups": 3, "colour": 1})
     message = str(info.value)
     assert "epochs must be >= 1" in message and "divisible by num_workers" in message and "colour" in message
+
+
+def test_train_config_is_the_trial_settings_plus_the_model(tmp_path: Path) -> None:
+    assert TrainConfig(model="nextvlad").settings() == TrialSettings()  # one set of defaults
+    settings = TrialSettings().replace(learning_rate=1e-3, lr_decay_examples=5000.0)
+    cfg = TrainConfig.from_settings(settings, model="nextvlad", hparams=TINY, storage_dtype="float32", seed=7)
+    assert cfg.settings() == settings and (cfg.model, cfg.hparams, cfg.storage_dtype, cfg.seed) == (
+        "nextvlad", TINY, "float32", 7)
+    assert TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg  # what the workers rebuild
+    with pytest.raises(ValueError, match="reverse_whitening needs pca_eigenvals"):
+        TrainConfig(model="nextvlad", hparams={**TINY, "reverse_whitening": True})
+    cfg = TrainConfig(model="nextvlad", hparams={**TINY, "reverse_whitening": True}, pca_eigenvals="e.npy")
+    assert cfg.reverse_whitening and not _config().reverse_whitening
+
+
+def _best_dir(path: Path, epoch: int, seed: int) -> artifacts.TrialMeta:
+    """A best/ folder written as the loop writes it (a tiny model, its evaluation)."""
+    torch.manual_seed(seed)
+    model = models.build("nextvlad", **TINY)
+    videos = [f"v{i}" for i in range(4)]
+    batch = VideoBatch(features=torch.rand(4, 5, 1152), mask=torch.ones(4, 5, dtype=torch.bool),
+                       num_frames=torch.full((4,), 5), num_audio_frames=torch.full((4,), 5),
+                       labels=torch.eye(SMALL_CLASSES)[:4], ids=videos)
+    evaluation = evaluate(model, [batch], torch.device("cpu"), 20, SMALL_CLASSES)
+    count = models.count("nextvlad", **TINY)
+    meta = artifacts.TrialMeta(model="nextvlad", hparams=models.resolve("nextvlad", **TINY), epoch=epoch,
+                               params=count.params, stats=count.stats,
+                               size_bytes=models.size_bytes("nextvlad", "bfloat16", **TINY),
+                               storage_dtype="bfloat16", metrics={"gap": 0.5})
+    return artifacts.write_best(str(path), model.state_dict(), meta, evaluation.predictions)
+
+
+def test_a_best_folder_mixing_two_writes_is_refused(tmp_path: Path) -> None:
+    first = _best_dir(tmp_path / "a", epoch=1, seed=0)
+    second = _best_dir(tmp_path / "b", epoch=2, seed=1)
+    assert artifacts.read_best(str(tmp_path / "a")).meta == first
+    assert first.write_id != second.write_id
+    for i, name in enumerate((artifacts.PREDICTIONS_FILE, artifacts.MODEL_FILE, artifacts.META_FILE)):
+        mixed = tmp_path / f"mixed-{i}"
+        shutil.copytree(tmp_path / "a", mixed)
+        shutil.copy(tmp_path / "b" / name, mixed / name)  # one file of another epoch's write
+        with pytest.raises(artifacts.ArtifactError, match="the files come from different writes"):
+            artifacts.read_best(str(mixed))
 
 
 def _gap_from_predictions(path: str, batch_size: int) -> float:
@@ -105,15 +154,17 @@ def test_one_worker_trains_evaluates_and_saves_the_best(ray_local: None, small_d
     assert _gap_from_predictions(result.predictions, cfg.eval_batch_size) == pytest.approx(result.gap, abs=1e-9)
     assert pq.read_table(result.predictions).num_rows == 48
     # the saved model reproduces its validation predictions and GAP
-    model, meta = load_best_model(result.checkpoint)
-    assert meta["epoch"] == (3 if averaged_won else max(result.history, key=lambda h: h["gap"])["epoch"])
-    assert meta.get("averaged_epochs", 0) == last["best_averaged_epochs"]
+    model, meta = artifacts.load_model(result.checkpoint)
+    assert meta.epoch == (3 if averaged_won else max(result.history, key=lambda h: h["gap"])["epoch"])
+    assert meta.averaged_epochs == last["best_averaged_epochs"]
+    assert meta.size_bytes == result.size_bytes and meta.params == result.params  # one count: models'
+    assert artifacts.read_best(result.checkpoint).meta == meta  # model, meta and predictions of one write
     batches = iter_video_batches(read_videos(small_data.validation), batch_size=32, num_classes=SMALL_CLASSES)
     again = evaluate(model, batches, torch.device("cpu"), 20, SMALL_CLASSES)
     saved = pq.read_table(result.predictions)
-    assert saved["id"].to_pylist() == again.ids
-    np.testing.assert_array_equal(np.array(saved["classes"].to_pylist()), again.classes)
-    np.testing.assert_allclose(np.array(saved["scores"].to_pylist()), again.scores, rtol=1e-6)
+    assert saved["id"].to_pylist() == again.predictions.ids
+    np.testing.assert_array_equal(np.array(saved["classes"].to_pylist()), again.predictions.classes)
+    np.testing.assert_allclose(np.array(saved["scores"].to_pylist()), again.predictions.scores, rtol=1e-6)
     assert metrics.MetricAccumulator.from_states([again.state]).result()["gap"] == pytest.approx(result.gap, abs=1e-6)
     assert json.loads((tmp_path / "one" / "history.json").read_text())[-1]["epoch"] == 3
     # learning from the planted signal: far above a random ranking
@@ -131,12 +182,21 @@ def _gap_from_random(data: DataPaths) -> float:
 
 @pytest.mark.slow
 def test_two_gloo_workers_report_the_global_gap(ray_local: None, small_data: DataPaths, tmp_path: Path) -> None:
-    result = fit(_config(num_workers=2), small_data.train, small_data.validation, str(tmp_path), "two")
+    # with reverse whitening: the driver reads the eigenvalues file, the workers get the values
+    eigenvals = np.random.default_rng(5).uniform(0.5, 4.0, 1024).astype(np.float32)
+    np.save(tmp_path / "eigenvals.npy", eigenvals)
+    cfg = _config(num_workers=2, hparams={**TINY, "reverse_whitening": True},
+                  pca_eigenvals=str(tmp_path / "eigenvals.npy"))
+    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "two")
     assert result.epochs == 2
     assert result.history[-1]["val_videos"] == 48  # both workers' files, merged on rank 0
     # each worker evaluated one 24-video file in one batch, worker 0's first
     assert _gap_from_predictions(result.predictions, 24) == pytest.approx(result.gap, abs=1e-9)
     assert pq.read_table(result.predictions).num_rows == 48
+    model, meta = artifacts.load_model(result.checkpoint)  # the model is rebuilt without the file
+    assert meta.hparams["reverse_whitening"] and "pca_eigenvals" not in meta.hparams
+    torch.testing.assert_close(model.whitening.scale, torch.from_numpy(np.sqrt(eigenvals) + 1e-4))
+    assert result.size_bytes == models.size_bytes("nextvlad", "bfloat16", **cfg.hparams)
 
 
 @pytest.mark.slow
@@ -148,17 +208,18 @@ def test_failed_runs_and_killed_workers_resume_from_the_last_checkpoint(
     # 1. A run that fails for good (a worker killed in epoch 2, no restarts allowed), then is
     #    started again under its name, as a Tune-level retry does: it continues after epoch 1.
     # 2. In that second run a worker is killed in epoch 3: Ray Train restarts it from epoch 2.
-    first_fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "killed-1")}
+    # The kills come through the loop's step hooks (tests/faults.py), pickled to the workers.
+    first_fault = KillOnce(epoch=2, step=2, rank=0, marker=str(tmp_path / "killed-1"))
     with pytest.raises(ray.train.TrainingFailedError):
         fit(_config(epochs=3, max_failures=0), small_data.train, small_data.validation, str(tmp_path), "faulty",
-            fault=first_fault)
+            hooks=first_fault)
     first = epoch_checkpoints(str(tmp_path / "faulty"))
     assert [Path(p).name for p in first] == ["epoch_001"]
     epoch_one = torch.load(Path(first[0]) / CHECKPOINT_FILE, weights_only=False)["history"][0]
 
-    second_fault = {"epoch": 3, "step": 1, "rank": 0, "marker": str(tmp_path / "killed-2")}
+    second_fault = KillOnce(epoch=3, step=1, rank=0, marker=str(tmp_path / "killed-2"))
     result = fit(_config(epochs=3, max_failures=1), small_data.train, small_data.validation, str(tmp_path), "faulty",
-                 fault=second_fault)
+                 hooks=second_fault)
     assert (tmp_path / "killed-2").exists()  # the worker really was killed mid-epoch
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # each epoch once
     assert result.history[0] == epoch_one  # epoch 1 not trained again: its record, timings included
@@ -167,9 +228,8 @@ def test_failed_runs_and_killed_workers_resume_from_the_last_checkpoint(
     assert Path(epoch_checkpoints(str(tmp_path / "faulty"))[0]).name == "epoch_003"
     assert epoch_checkpoints(str(tmp_path / "never-ran")) == []
 
-def test_resume_skips_a_checkpoint_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from yt8m_search.train import _newest_state
 
+def test_resume_skips_a_checkpoint_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for epoch in (1, 2):
         (tmp_path / f"epoch_{epoch:03d}").mkdir()
         torch.save({"epoch": epoch}, tmp_path / f"epoch_{epoch:03d}" / CHECKPOINT_FILE)
@@ -179,7 +239,7 @@ def test_resume_skips_a_checkpoint_cut_short(tmp_path: Path, capsys: pytest.Capt
 
     found = epoch_checkpoints(str(tmp_path))
     assert [Path(p).name for p in found] == ["epoch_002", "epoch_001"]
-    assert _newest_state(found) == ({"epoch": 1}, found[1])
+    assert newest_state(found) == ({"epoch": 1}, found[1])
     out = capsys.readouterr().out
     assert "skipping unreadable checkpoint" in out and "epoch_002" in out
-    assert _newest_state([]) == (None, None)
+    assert newest_state([]) == (None, None)

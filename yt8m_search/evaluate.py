@@ -1,6 +1,6 @@
 """Validation metrics of an ensemble bundle: GAP@20, Hit@1, PERR and the starter's sparse mAP.
 
-Streams the data through ``predict.iter_batches`` (TFRecord or Parquet, local or s3://) into a
+Streams the data through ``data.inference.iter_batches`` (TFRecord or Parquet, local or s3://) into a
 ``MetricAccumulator``, so memory stays O(videos x 20).
 
 Usage::
@@ -18,14 +18,17 @@ from typing import Any
 
 import torch
 
-from yt8m_search.data.loading import VideoBatch
+from yt8m_search.bundle import Bundle, load_bundle, resolve_device
+from yt8m_search.data.batch import VideoBatch
+from yt8m_search.data.inference import data_files, iter_batches
 from yt8m_search.metrics import MetricAccumulator
+from yt8m_search.predict import common_arguments
 
 __all__ = ["evaluate_bundle", "main"]
 
 
-def evaluate_bundle(bundle: Any, batches: Iterable[VideoBatch], *, top_k: int = 20) -> dict[str, Any]:
-    """``{"gap", "hit_at_one", "perr", "map", "videos"}`` of ``bundle`` (a loaded ``ensemble.Bundle``)
+def evaluate_bundle(bundle: Bundle, batches: Iterable[VideoBatch], *, top_k: int = 20) -> dict[str, Any]:
+    """``{"gap", "hit_at_one", "perr", "map", "videos"}`` of ``bundle`` (``bundle.load_bundle``)
     over ``batches``; probabilities in float32 (bf16 outputs would create ties, spec §2.3)."""
     device = next(bundle.parameters()).device
     acc = MetricAccumulator(num_classes=bundle.num_classes, top_k=top_k)
@@ -40,27 +43,24 @@ def evaluate_bundle(bundle: Any, batches: Iterable[VideoBatch], *, top_k: int = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from yt8m_search import predict
-    from yt8m_search.ensemble import load_bundle
-
     parser = argparse.ArgumentParser(prog="python -m yt8m_search.evaluate",
                                      description="Print GAP@20, Hit@1, PERR and mAP of a bundle on labelled data.")
-    predict.common_arguments(parser)
+    common_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     try:
-        bundle = load_bundle(args.bundle, predict._device(args.device))
-        predict.data_files(args.data)
+        bundle = load_bundle(args.bundle, resolve_device(args.device))
+        data_files(args.data)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         on_cpu = next(bundle.parameters()).device.type == "cpu"
-        batches = predict.iter_batches(args.data, batch_size=args.batch_size, num_classes=bundle.num_classes,
-                                       skip_bad=args.skip_bad, progress=not args.no_progress, desc="evaluate",
-                                       dequantize=on_cpu)
+        batches = iter_batches(args.data, batch_size=args.batch_size, num_classes=bundle.num_classes,
+                               skip_bad=args.skip_bad, progress=not args.no_progress, desc="evaluate",
+                               dequantize=on_cpu)
         result = evaluate_bundle(bundle, batches)
     except Exception as err:  # noqa: BLE001 - a CLI: the message on the last line, exit 1
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)

@@ -4,6 +4,9 @@
 
 Exit codes: 0 done; 2 invalid space file or arguments (every error listed, nothing started or
 written); 1 anything else, with the cause in one line at the end.
+
+Ray, Optuna and torch (``search``, ``tracking``, ``ensemble``, ``train``) are imported inside the
+functions that need them: ``--help`` and a space file's errors answer at once, without loading them.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
 
-from yt8m_search import config
+from yt8m_search import config, report, results
 from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths, synthetic_dataset
 
@@ -47,20 +50,21 @@ def run_folder(spec: config.Spec, output: str | None) -> str:
     return os.path.abspath(os.path.expanduser(folder)) if fs.is_local(folder) else folder.rstrip("/")
 
 
-def dry_run(spec: config.Spec, samples: int = 5) -> None:
-    """Print the resolved space, the budget check and the sweep's first sampled configurations."""
-    import optuna
+def _fixed_trial_settings(spec: config.Spec) -> dict[str, object]:
+    """The trial settings the space fixes (the searched ones are parameters), unset ones left out."""
+    searched = {p.name for p in spec.parameters if p.section == "trial" and p.distribution is not None}
+    settings = {name: getattr(spec.trial, name) for name in config.TrialSettings.names()}
+    return {k: v for k, v in settings.items() if k not in searched and v is not None}
 
-    from yt8m_search import search
 
+def _print_space(spec: config.Spec) -> None:
     print(f"space {spec.source} ({spec.name}, hash {spec.digest()})")
     print("parameters:")
     for p in spec.parameters:
         what = f"{p.distribution.kind} {_describe(p.distribution)}" if p.distribution else f"= {p.value!r}"
         when = "  when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
         print(f"  {p.name:<20} {what}{when}    ({p.path})")
-    trial = spec.trial or {}
-    print("trial: " + ", ".join(f"{k}={v}" for k, v in trial.items() if v is not None))
+    print("trial: " + ", ".join(f"{k}={v}" for k, v in _fixed_trial_settings(spec).items()))
     print(f"search: {spec.search.num_samples} trials, objectives {list(spec.search.objectives)}, "
           f"ASHA {spec.search.asha}, seed {spec.search.seed}")
     budget = spec.budget
@@ -69,15 +73,24 @@ def dry_run(spec: config.Spec, samples: int = 5) -> None:
     smallest, checked, valid = config.smallest_config(list(spec.parameters), budget.storage_dtype)
     print(f"budget check: {valid} of {checked} configurations checked are valid models; "
           f"the smallest needs {smallest[0]:,.0f} bytes ({smallest[1]})")
+
+
+def dry_run(spec: config.Spec, samples: int = 5) -> None:
+    """Print the resolved space, the budget check and the sweep's first sampled configurations."""
+    import optuna  # lazy: see the module docstring
+
+    from yt8m_search import search
+
+    _print_space(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=search.make_searcher(spec)._sampler)  # the sweep's own sampler
+    study = optuna.create_study(sampler=search.make_sampler(spec))  # the sweep's own sampler
+    budget = spec.budget
     space = search.SearchSpace(spec.parameters, budget.max_model_bytes, budget.storage_dtype)
     print(f"first {samples} sampled configurations:")
     for i in range(samples):
         t = study.ask()
         extra = space(t)
-        values = {**t.params, **{k: v for k, v in extra.items() if k not in ("size_bytes", "feasible",
-                                                                              "infeasible_reason")}}
+        values = {**t.params, **{k: v for k, v in extra.items() if k not in search.EXTRA_KEYS}}
         status = "ok" if extra["feasible"] else f"INFEASIBLE: {extra['infeasible_reason']}"
         size = f"{extra['size_bytes'] / 1e6:.2f} MB" if extra["size_bytes"] >= 0 else "-"
         print(f"  {i + 1}. {size:>10}  {status}  {values}")
@@ -91,7 +104,7 @@ def _describe(d: config.Distribution) -> str:
 
 
 def _init_ray() -> None:
-    import ray
+    import ray  # lazy: see the module docstring
 
     if ray.is_initialized():
         return
@@ -110,8 +123,8 @@ def _init_ray() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-def sweep(spec: config.Spec, run_dir: str, resume: bool) -> dict[str, Any]:
-    from ray import tune
+def sweep(spec: config.Spec, run_dir: str, resume: bool) -> results.RunSummary:
+    from ray import tune  # lazy: see the module docstring
 
     from yt8m_search import search, tracking
 
@@ -126,39 +139,37 @@ def sweep(spec: config.Spec, run_dir: str, resume: bool) -> dict[str, Any]:
     _init_ray()
     print(f"sweep {spec.name}: {spec.search.num_samples} trials -> {run_dir}", flush=True)
     rows = search.run_sweep(spec, data, run_dir, resume=resume)
-    search.write_trials_table(rows, run_dir)
+    results.write_trials(rows, run_dir)
     study, _ = search.write_study(spec, rows, run_dir)
     summary = search.summarize(spec, rows, run_dir, data)
-    summary["ensemble"] = _ensemble(run_dir, summary)
-    search.write_json(summary, fs.join(run_dir, "summary.json"))
-    from yt8m_search import report
-
+    results.write_summary(summary, run_dir)  # the ensemble step reads it
+    summary = summary.with_ensemble(_ensemble(run_dir))
+    results.write_summary(summary, run_dir)
     report.write_report(run_dir, rows, summary, search.importances(study))
     return summary
 
 
-def _ensemble(run_dir: str, summary: dict[str, Any]) -> dict[str, Any] | None:
-    from yt8m_search import ensemble, search
+def _ensemble(run_dir: str) -> results.EnsembleSummary | results.EnsembleFailure:
+    from yt8m_search import ensemble  # lazy: see the module docstring
 
-    search.write_json(summary, fs.join(run_dir, "summary.json"))  # the ensemble step reads it
     try:
         return ensemble.run(run_dir)
     except ensemble.EnsembleError as err:  # e.g. no trained trial fits the budget: say so, keep the sweep
         print(f"ensemble: {err}")
-        return {"error": str(err)}
+        return results.EnsembleFailure(str(err))
 
 
-def print_summary(summary: dict[str, Any], run_dir: str) -> None:
-    counts = ", ".join(f"{v} {k}" for k, v in summary["trials"].items() if v)
+def print_summary(summary: results.RunSummary, run_dir: str) -> None:
+    counts = ", ".join(f"{v} {k}" for k, v in summary.trials.items() if v)
     print(f"\ntrials: {counts}")
-    best = summary.get("best")
+    best = summary.best
     if best:
-        print(f"best: trial {best['trial_id']} {best['model']} GAP {best['gap']:.4f} after {best['epochs']} "
-              f"epochs, {best['params']:,} parameters, {best['size_bytes'] / 1e6:.2f} MB")
-    ens = summary.get("ensemble") or {}
-    if ens.get("members"):
-        print(f"ensemble: {len(ens['members'])} members, GAP {ens['gap']:.4f}, "
-              f"{ens['size_bytes'] / 1e6:.2f} MB of {ens['budget_bytes'] / 1e6:.2f} MB -> {ens['path']}")
+        print(f"best: trial {best.trial_id} {best.model} GAP {best.gap:.4f} after {best.epochs} "
+              f"epochs, {best.params:,} parameters, {best.size_bytes / 1e6:.2f} MB")
+    ens = summary.ensemble
+    if isinstance(ens, results.EnsembleSummary) and ens.members:
+        print(f"ensemble: {len(ens.members)} members, GAP {ens.gap:.4f}, "
+              f"{ens.size_bytes / 1e6:.2f} MB of {ens.budget_bytes / 1e6:.2f} MB -> {ens.path}")
     print(f"run folder: {run_dir} (summary.json, trials.csv, report.html, optuna.journal)")
 
 
@@ -192,8 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: interrupted; continue with --resume --output {run_dir}", file=sys.stderr)
         return 1
     except Exception as err:  # the last line names the cause
-        import traceback
-
         traceback.print_exc()
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ray.air.integrations.wandb import WANDB_PROCESS_RUN_INFO_HOOK, WandbLoggerCallback, _WandbLoggingActor
+from ray.air.integrations.wandb import WANDB_PROCESS_RUN_INFO_HOOK, WandbLoggerCallback
+
+from yt8m_search import compat
 
 # metric -> summary W&B keeps for it; all are stepped by "epoch"
 SUMMARIES = {
@@ -40,7 +42,7 @@ def define_metrics(run: Any) -> None:
         run.define_metric(name, step_metric="epoch", summary=summary)
 
 
-class _TrialLoggingActor(_WandbLoggingActor):
+class _TrialLoggingActor(compat.wandb_logging_actor_class()):  # type: ignore[misc]
     """Ray's logging actor (one process per trial), with ``define_metrics`` run after ``wandb.init``
     through Ray's own run-info hook."""
 

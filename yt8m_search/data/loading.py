@@ -1,9 +1,11 @@
 """Ray Data streaming of the Parquet shards into padded torch batches (the one ``ray.data`` user).
 
 Shards hold quantized frames (see ``yt8m_search.data.parquet.FRAME_SCHEMA``); decoding happens
-here, per batch, in Ray Data's prefetch threads: the uint8 frames are padded into one
-``[B, T, 1152]`` array and dequantized with the starter's float32 arithmetic (then padding zeroed),
-so a batch row equals ``read_frame_level``'s ``features[:T]`` bit for bit.
+per batch, in Ray Data's prefetch threads, by ``yt8m_search.data.batch.collate_table`` (the
+collation inference shares): the uint8 frames are padded into one ``[B, T, 1152]`` array and
+dequantized with the starter's float32 arithmetic (then padding zeroed), so a batch row equals
+``read_frame_level``'s ``features[:T]`` bit for bit. ``VideoBatch``, ``collate_table``,
+``dequantize_batch`` and ``COLUMNS`` live in ``data.batch`` and are re-exported here.
 
 In a Ray Train worker, ``ray.train.get_dataset_shard(name)`` gives each worker its share of the
 streaming dataset (Ray Train splits it); ``iter_video_batches`` turns a shard or a whole dataset
@@ -13,124 +15,19 @@ into ``VideoBatch`` objects.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from yt8m_search.constants import AUDIO_DIM, DEQUANT_BIAS, DEQUANT_SCALE, FEATURE_DIM, MAX_FRAMES, NUM_CLASSES, RGB_DIM
+from yt8m_search.constants import NUM_CLASSES
 from yt8m_search.data import fs
+from yt8m_search.data.batch import COLUMNS, VideoBatch, collate_table, dequantize_batch
 
 if TYPE_CHECKING:
     import ray.data
 
 READ_CPUS = 0.25
-COLUMNS = ["id", "labels", "num_frames", "num_audio_frames", "rgb", "audio"]
-
-
-@dataclass
-class VideoBatch:
-    """One padded batch. Shapes: features [B, T, 1152] float32 (or uint8 while still quantized),
-    mask [B, T] bool (rgb frames), num_frames [B] and num_audio_frames [B] int64, labels [B, C]
-    float32 multi-hot, ids: B strings."""
-
-    features: torch.Tensor
-    mask: torch.Tensor
-    num_frames: torch.Tensor
-    num_audio_frames: torch.Tensor
-    labels: torch.Tensor
-    ids: list[str]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def to(self, device: torch.device | str, non_blocking: bool = True) -> VideoBatch:
-        """Move to ``device``; quantized features travel as uint8 (4x fewer bytes) and are
-        dequantized there."""
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        features = move(self.features)
-        num_frames, num_audio = move(self.num_frames), move(self.num_audio_frames)
-        if features.dtype == torch.uint8:
-            features = dequantize_batch(features, num_frames, num_audio)
-        return VideoBatch(features, move(self.mask), num_frames, num_audio, move(self.labels), self.ids)
-
-
-def dequantize_batch(quantized: torch.Tensor, num_frames: torch.Tensor, num_audio_frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, T, 1152] -> float32, dequantized like the starter, padding zeroed per stream.
-
-    Dequantize first, then zero the padding (the starter pads after dequantizing); two separate
-    float32 ops, like numpy's, so the values equal ``read_frame_level``'s exactly.
-    """
-    frames = quantized.shape[1]
-    positions = torch.arange(frames, device=quantized.device)
-    rgb_valid = positions[None, :] < num_frames[:, None]  # [B, T]
-    audio_valid = positions[None, :] < num_audio_frames[:, None]
-    features = quantized.to(torch.float32).mul_(DEQUANT_SCALE).add_(DEQUANT_BIAS)
-    features[..., :RGB_DIM].masked_fill_(~rgb_valid[..., None], 0.0)  # +0.0, as the starter's padding
-    features[..., RGB_DIM:].masked_fill_(~audio_valid[..., None], 0.0)
-    return features
-
-
-def _binary_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [B+1] int64, data uint8) of a binary column without copying row by row."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    array = array.cast(pa.large_binary())
-    _, offsets, data = array.buffers()
-    offsets_np = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    data_np = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    return offsets_np, data_np
-
-
-def _place_frames(out: np.ndarray, column: pa.ChunkedArray | pa.Array, counts: np.ndarray, dim: int) -> None:
-    """Copy each row's first ``counts[i]`` frames of ``dim`` bytes into out[i, :counts[i], :dim]."""
-    offsets, data = _binary_parts(column)
-    for i, n in enumerate(counts):
-        if n:
-            start = offsets[i]
-            out[i, :n] = data[start : start + n * dim].reshape(n, dim)
-
-
-def collate_table(
-    table: pa.Table, *, num_classes: int = NUM_CLASSES, pad_to: int | None = None, dequantize: bool = True
-) -> VideoBatch:
-    """Arrow batch of Parquet rows -> ``VideoBatch``.
-
-    T is the batch's longest video (rgb or audio), or ``pad_to`` (e.g. 300) when given. Frames past
-    300 never reach the shards (the converter keeps the first 300, like the starter). With
-    ``dequantize=False`` the features stay uint8 until ``VideoBatch.to(device)``: the right choice
-    for GPU training, where dequantizing on the device is free and the copy is 4x smaller.
-    """
-    num_rgb = torch.from_numpy(table.column("num_frames").to_numpy().astype(np.int64))
-    num_audio = torch.from_numpy(table.column("num_audio_frames").to_numpy().astype(np.int64))
-    batch = len(num_rgb)
-    longest = int(max(num_rgb.max().item() if batch else 0, num_audio.max().item() if batch else 0, 1))
-    frames = pad_to if pad_to is not None else longest
-    if frames < longest or frames > MAX_FRAMES:
-        raise ValueError(f"pad_to={pad_to} must lie in [{longest}, {MAX_FRAMES}] for this batch")
-
-    quantized = np.zeros((batch, frames, FEATURE_DIM), dtype=np.uint8)
-    _place_frames(quantized[..., :RGB_DIM], table.column("rgb"), num_rgb.numpy(), RGB_DIM)
-    _place_frames(quantized[..., RGB_DIM:], table.column("audio"), num_audio.numpy(), AUDIO_DIM)
-    features = torch.from_numpy(quantized)
-    if dequantize:
-        features = dequantize_batch(features, num_rgb, num_audio)
-
-    labels = np.zeros((batch, num_classes), dtype=np.float32)
-    label_lists = table.column("labels").combine_chunks()
-    rows = np.repeat(np.arange(batch), np.diff(label_lists.offsets.to_numpy()))
-    labels[rows, label_lists.flatten().to_numpy()] = 1.0
-
-    return VideoBatch(
-        features=features,
-        mask=torch.arange(frames)[None, :] < num_rgb[:, None],
-        num_frames=num_rgb,
-        num_audio_frames=num_audio,
-        labels=torch.from_numpy(labels),
-        ids=table.column("id").to_pylist(),
-    )
 
 
 def _collate_fn(num_classes: int, pad_to: int | None, dequantize: bool) -> Any:
@@ -207,3 +104,14 @@ def iter_video_batches(
         prefetch_batches=prefetch_batches,
         drop_last=drop_last,
     )
+
+
+__all__ = [
+    "COLUMNS",
+    "READ_CPUS",
+    "VideoBatch",
+    "collate_table",
+    "dequantize_batch",
+    "iter_video_batches",
+    "read_videos",
+]

@@ -1,6 +1,8 @@
 """The model zoo: ``build(name, **hparams)``, ``param_count``, ``size_bytes``, ``list_models``.
 
-Importing this package registers every family (one module each).
+Importing this package registers every family (one module each). Models take values, never paths:
+NeXtVLAD's reverse whitening is a flag, and its eigenvalues are read by the caller
+(``load_eigenvals``) and copied into a built model (``set_eigenvalues``).
 """
 
 from yt8m_search.models import gru, mix_nextvlad, netvlad, nextvlad, nonlocal_netvlad  # noqa: F401  (registration)
@@ -19,7 +21,10 @@ from yt8m_search.models.registry import (
     resolve,
     size_bytes,
     storage_itemsize,
+    tiny_hparams,
+    upgrade_hparams,
 )
+from yt8m_search.models.whitening import load_eigenvals, set_eigenvalues
 
 __all__ = [
     "STORAGE_DTYPES",
@@ -32,9 +37,13 @@ __all__ = [
     "get_spec",
     "hyperparameters",
     "list_models",
+    "load_eigenvals",
     "module_count",
     "param_count",
     "resolve",
+    "set_eigenvalues",
     "size_bytes",
     "storage_itemsize",
+    "tiny_hparams",
+    "upgrade_hparams",
 ]

@@ -141,7 +141,10 @@ def gru_count(**hparams: Any) -> Count:
     )
 
 
-@register("gru", counter=gru_count)
+TINY = dict(hidden_size=8, num_layers=2, num_classes=10)  # two layers: the state concatenation is exercised
+
+
+@register("gru", counter=gru_count, tiny=TINY)
 def gru(
     *,
     hidden_size: int = 1200,

@@ -13,15 +13,13 @@ moving statistics, whitening scales) that an exported model also carries.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yt8m_search.constants import NUM_CLASSES, RGB_DIM
+from yt8m_search.constants import NUM_CLASSES
 
 CLASSIFIERS = ("logistic", "moe")
 
@@ -227,42 +225,7 @@ def context_gating_params(hidden_size: int) -> Count:
 
 
 # ---------------------------------------------------------------------------------------------
-# Input normalisation: features [B, T, 1152] -> [B, T, 1152]
-
-
-def load_eigenvals(path: str | Path) -> np.ndarray:
-    """The YouTube-8M PCA eigenvalues (shape (2048, 1) or (N,)); the first 1024 scale rgb."""
-    try:
-        values = np.load(path).astype(np.float32).reshape(-1)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"pca_eigenvals: cannot read eigenvalues from {path}: {err}") from err
-    if values.size < RGB_DIM or not np.all(np.isfinite(values[:RGB_DIM])) or np.any(values[:RGB_DIM] < 0):
-        raise ValueError(f"pca_eigenvals: {path} must hold >= {RGB_DIM} finite non-negative values, got {values.size}")
-    return values[:RGB_DIM]
-
-
-class ReverseWhitening(nn.Module):
-    """NeXtVLAD's input transform: undo the PCA whitening of rgb, leave audio as dequantized.
-
-    rgb_j <- (x_j - 4/512) * (sqrt(e_j) + 1e-4); the 4/512 removes the dequantizer's half-bucket bias
-    (train.py/eval.py of linrongc/youtube-8m). Padded (all-zero) frames are left at zero rather than
-    mapped to the constant -(4/512)(sqrt(e)+1e-4): the mask, not the value, marks padding here.
-    """
-
-    def __init__(self, eigenvals: np.ndarray) -> None:
-        super().__init__()
-        scale = torch.from_numpy(np.sqrt(eigenvals[:RGB_DIM]).astype(np.float32) + 1e-4)
-        self.register_buffer("scale", scale)  # [1024], stored with the model so a bundle needs no file
-
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        rgb = (x[..., :RGB_DIM] - (4.0 / 512.0)) * self.scale
-        if mask is not None:
-            rgb = rgb * mask[..., None].to(rgb.dtype)
-        return torch.cat([rgb, x[..., RGB_DIM:]], dim=-1)
-
-
-def reverse_whitening_params(enabled: bool) -> Count:
-    return Count(0, RGB_DIM if enabled else 0)
+# Input normalisation: features [B, T, 1152] -> [B, T, 1152] (NeXtVLAD's reverse whitening: whitening.py)
 
 
 def l2_normalize_frames(x: Tensor) -> Tensor:

@@ -20,24 +20,14 @@ epsilon), and like the original there is no stop-gradient on the teacher q_e.
 
 from __future__ import annotations
 
-import numpy as np
 from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yt8m_search.constants import FEATURE_DIM, MAX_FRAMES, NUM_CLASSES
-from yt8m_search.models.layers import (
-    Count,
-    ReverseWhitening,
-    batch_norm,
-    batch_norm_params,
-    bce_loss,
-    dense,
-    dense_params,
-    load_eigenvals,
-    reverse_whitening_params,
-)
+from yt8m_search.models.layers import Count, batch_norm, batch_norm_params, bce_loss, dense, dense_params
 from yt8m_search.models.nextvlad import (
     Frames,
     NeXtVLADModel,
@@ -46,6 +36,7 @@ from yt8m_search.models.nextvlad import (
     validate_nextvlad,
 )
 from yt8m_search.models.registry import MixtureOutput, ModelOutput, VideoModel, register
+from yt8m_search.models.whitening import ReverseWhitening, reverse_whitening_params, upgrade_pca_eigenvals
 
 
 def _validate_mixture(num_branches: int, temperature: float, distill_weight: float | None) -> None:
@@ -69,15 +60,15 @@ class MixNeXtVLADModel(VideoModel):
         num_branches: int,
         temperature: float,
         distill_weight: float | None,
-        eigenvals: np.ndarray | None = None,
-        **branch_hparams,
+        reverse_whitening: bool = False,
+        **branch_hparams: Any,
     ) -> None:
         super().__init__()
         _validate_mixture(num_branches, temperature, distill_weight)
         self.temperature = float(temperature)
         self.distill_weight = float(temperature) ** 2 if distill_weight is None else float(distill_weight)
         # The input transform is shared: applied once here, branches get the transformed frames.
-        self.whitening = ReverseWhitening(eigenvals) if eigenvals is not None else None
+        self.whitening = ReverseWhitening() if reverse_whitening else None  # filled by set_eigenvalues
         self.branches = nn.ModuleList(NeXtVLADModel(**branch_hparams) for _ in range(num_branches))
         self.gate_bn = batch_norm(FEATURE_DIM)
         self.gate = dense(FEATURE_DIM, num_branches)
@@ -135,7 +126,7 @@ class MixNeXtVLADModel(VideoModel):
 
 
 def mix_nextvlad_count(**hparams: Any) -> Count:
-    mixture = ("num_branches", "temperature", "distill_weight", "pca_eigenvals")
+    mixture = ("num_branches", "temperature", "distill_weight", "reverse_whitening")
     _validate_mixture(hparams["num_branches"], hparams["temperature"], hparams["distill_weight"])
     branch = {k: v for k, v in hparams.items() if k not in mixture}
     validate_nextvlad(**branch)
@@ -145,11 +136,14 @@ def mix_nextvlad_count(**hparams: Any) -> Count:
         nextvlad_branch_count(**branch) * num_branches
         + dense_params(FEATURE_DIM, num_branches)
         + batch_norm_params(FEATURE_DIM)
-        + reverse_whitening_params(hparams["pca_eigenvals"] is not None)
+        + reverse_whitening_params(hparams["reverse_whitening"])
     )
 
 
-@register("mix_nextvlad", counter=mix_nextvlad_count)
+TINY = dict(num_branches=2, groups=2, clusters=4, expansion=1, hidden_size=8, gating_reduction=2, num_classes=10)
+
+
+@register("mix_nextvlad", counter=mix_nextvlad_count, tiny=TINY, upgrade=upgrade_pca_eigenvals)
 def mix_nextvlad(
     *,
     num_branches: int = 3,
@@ -164,14 +158,15 @@ def mix_nextvlad(
     classifier: str = "logistic",
     num_mixtures: int = 4,
     prob_gating: bool = False,
-    pca_eigenvals: str | None = None,
+    reverse_whitening: bool = False,
     num_classes: int = NUM_CLASSES,
 ) -> MixNeXtVLADModel:
     """Mixture of num_branches NeXtVLAD models with on-the-fly distillation (linrongc final submission).
 
     temperature T of the distillation softmax (0: no distillation, the loss is the sum of the
     1 + M BCEs); distill_weight λ of the KL term (None: T², the paper's Eq. 16). The remaining
-    hyperparameters are each branch's (see ``nextvlad``); defaults are the final submission's
+    hyperparameters are each branch's (see ``nextvlad``; reverse_whitening is applied once, before
+    the gate and the branches); defaults are the final submission's
     3 × (8G / 112K / 2048H / r16), 235,935,273 parameters, 944.6 MB in fp32 with BN statistics.
     """
     _validate_mixture(num_branches, temperature, distill_weight)
@@ -182,7 +177,7 @@ def mix_nextvlad(
     )  # fmt: skip
     return MixNeXtVLADModel(
         num_branches=num_branches, temperature=temperature, distill_weight=distill_weight,
-        eigenvals=load_eigenvals(pca_eigenvals) if pca_eigenvals is not None else None,
+        reverse_whitening=reverse_whitening,
         groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
         gating_reduction=gating_reduction, dropout=dropout, classifier=classifier,
         num_mixtures=num_mixtures, prob_gating=prob_gating, num_classes=num_classes,

@@ -4,14 +4,8 @@ NetRVLAD ("LightVLAD") and Soft-BoF (SoftDBoF), and the one two-stream model the
 Notation (spec §4): B batch, T frames, D input dim of a stream (1024 rgb / 128 audio / 1152 fused),
 K clusters, H hidden size, C classes, S sampled frames.
 
-Pooling (one shared soft assignment, three aggregations)
---------------------------------------------------------
-a_t = softmax(BN(x_t Wc))                                   [K] per frame; BN replaces a bias
-NetVLAD : R_k = sum_t a_tk x_t - (sum_t a_tk) c_k           residuals [K, D], centres C2 [D, K]
-NetRVLAD: R_k = sum_t a_tk x_t                              no centres
-          an optional residual block (the non-local block of nonlocal_netvlad.py) maps R -> R'
-          v = l2norm(R' over D, per cluster) -> flatten D-major (index d*K + k) -> global l2norm
-Soft-BoF: s = l2norm(sum_t a_t)  [K]  (+ l2norm(max_t a_t) when ``maxpool``)
+Pooling: one shared soft assignment a_t = softmax(BN(x_t Wc)) aggregated three ways (NetVLAD
+residuals, NetRVLAD sums, Soft-BoF); the layers and the frame selection live in pooling.py.
 
 Model: per-frame joint L2 of the 1152-d input (WILLOW train.py) -> frame selection -> input BN ->
 video pooling on the 1024 rgb columns with K clusters and audio pooling on the 128 audio columns
@@ -30,7 +24,7 @@ Masking, frame sampling, and the deliberate deviations from WILLOW
   frames in TRAINING mode only. In EVAL mode every valid frame is used, weighted S/n (n = valid
   frames): the expectation of the training-time sampled sum, deterministic. The weight cancels in
   the normalisations of NetVLAD, NetRVLAD and Soft-BoF; it keeps the residual scale (hence the
-  attention sharpness) of the non-local variants at what training saw.
+  attention sharpness) of the non-local variants at what training saw (``pooling.select_frames``).
 * Input BN and the assignment BN use valid (or sampled) frames only (``layers.masked_batch_norm``);
   padded frames get zero assignment weight, so appending padding never changes an eval output.
 * ``dropout`` (on the concatenated descriptor) is not in WILLOW (default 0 = off).
@@ -44,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,91 +60,12 @@ from yt8m_search.models.layers import (
     masked_batch_norm,
     se_gating_params,
 )
+from yt8m_search.models.pooling import ResidualBlock, SoftBoFPooling, VladPooling, select_frames
 from yt8m_search.models.registry import VideoModel, register
 
 POOLINGS = ("netvlad", "netrvlad", "soft_bof")
 GATINGS = ("context", "se", "none")
 AUDIO_CLUSTER_DIVISOR = {"netvlad": 2, "netrvlad": 2, "soft_bof": 8}  # audio stream: K/2 or K/8
-
-
-# ---------------------------------------------------------------------------------------------
-# Pooling modules: x [B, T, D], mask [B, T] bool, weight [B, T] (0 on padding) -> [B, out]
-
-
-class SoftAssignment(nn.Module):
-    """a = softmax(BN(x Wc)) over K clusters, BN on the valid frames; a_t scaled by weight_t."""
-
-    def __init__(self, feature_size: int, clusters: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(feature_size, clusters))  # Wc [D, K]
-        nn.init.normal_(self.weight, std=1 / math.sqrt(feature_size))
-        self.bn = batch_norm(clusters)
-
-    def forward(self, x: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
-        logits = masked_batch_norm(self.bn, x @ self.weight, mask)  # [B, T, K]
-        return torch.softmax(logits, dim=-1) * weight.unsqueeze(-1)  # [B, T, K], zero on padding
-
-
-class ResidualBlock(Protocol):
-    """What a VLAD residual transform spec provides (the non-local block's spec is one)."""
-
-    def build(self) -> nn.Module: ...  # module mapping residuals [B, K, D] -> [B, K, D]
-
-    def count(self) -> Count: ...
-
-
-class VladPooling(nn.Module):
-    """NetVLAD (``centres``) or NetRVLAD (no centres), with an optional residual block."""
-
-    def __init__(self, feature_size: int, clusters: int, centres: bool = True, block: nn.Module | None = None) -> None:
-        super().__init__()
-        self.feature_size, self.clusters = feature_size, clusters
-        self.assign = SoftAssignment(feature_size, clusters)
-        self.centres: nn.Parameter | None = None
-        if centres:
-            self.centres = nn.Parameter(torch.empty(feature_size, clusters))  # C2 [D, K]
-            nn.init.normal_(self.centres, std=1 / math.sqrt(feature_size))
-        self.block = block
-
-    @property
-    def output_size(self) -> int:
-        return self.feature_size * self.clusters
-
-    def residuals(self, x: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
-        """Per-cluster aggregates before any normalisation: [B, K, D]."""
-        a = self.assign(x, mask, weight)  # [B, T, K]
-        r = torch.bmm(a.transpose(1, 2), x)  # sum_t a_tk x_t  [B, K, D]
-        if self.centres is not None:
-            r = r - a.sum(dim=1).unsqueeze(-1) * self.centres.t()  # - (sum_t a_tk) c_k
-        return r
-
-    def forward(self, x: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
-        r = self.residuals(x, mask, weight)
-        if self.block is not None:
-            r = self.block(r)  # e.g. the non-local block, before intra-normalisation
-        v = F.normalize(r, dim=2)  # intra-normalisation over D, per cluster
-        v = v.transpose(1, 2).reshape(r.shape[0], -1)  # D-major, as WILLOW's reshape of [B, D, K]
-        return F.normalize(v, dim=1)  # [B, D·K]
-
-
-class SoftBoFPooling(nn.Module):
-    """SoftDBoF: l2norm(sum_t a_t), optionally concatenated with l2norm(max_t a_t)."""
-
-    def __init__(self, feature_size: int, clusters: int, maxpool: bool = False) -> None:
-        super().__init__()
-        self.clusters, self.maxpool = clusters, maxpool
-        self.assign = SoftAssignment(feature_size, clusters)
-
-    @property
-    def output_size(self) -> int:
-        return self.clusters * (2 if self.maxpool else 1)
-
-    def forward(self, x: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
-        a = self.assign(x, mask, weight)  # [B, T, K]; padding rows are 0, below any softmax value
-        s = F.normalize(a.sum(dim=1), dim=1)
-        if not self.maxpool:
-            return s
-        return torch.cat([s, F.normalize(a.amax(dim=1), dim=1)], dim=1)  # [B, 2K]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,34 +229,12 @@ def willow_count(spec: WillowSpec) -> Count:
     if spec.hidden_bn_relu:
         c = c + batch_norm_params(spec.hidden_size)
     c = c + gating_params(spec.gating, spec.hidden_size, spec.gating_reduction)
-    return c + classifier_params(spec.classifier, spec.hidden_size, spec.num_classes, spec.num_mixtures, spec.prob_gating)
+    head = classifier_params(spec.classifier, spec.hidden_size, spec.num_classes, spec.num_mixtures, spec.prob_gating)
+    return c + head
 
 
 # ---------------------------------------------------------------------------------------------
 # The model
-
-
-def select_frames(x: Tensor, mask: Tensor, sample_frames: int, training: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """x [B, T, F], mask [B, T] -> (frames, mask, aggregation weight), see the module docstring.
-
-    Training with S > 0: S indices floor(U[0,1) * n) into each video's valid frames (with
-    replacement) -> [B, S, F], all valid (a video without frames stays all masked). Otherwise the
-    input itself, weight = mask (times S/n in eval when S > 0).
-    """
-    n = mask.sum(dim=1)  # [B] valid frames
-    if sample_frames > 0 and training:
-        b, s = x.shape[0], sample_frames
-        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # valid positions first
-        idx = (torch.rand(b, s, device=x.device) * n.unsqueeze(1)).long()  # floor(U n)
-        idx = torch.minimum(idx, (n - 1).clamp(min=0).unsqueeze(1))  # guard U*n rounding up to n
-        pos = order.gather(1, idx)  # [B, S] frame positions
-        frames = x.gather(1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        sampled_mask = (n > 0).unsqueeze(1).expand(b, s).contiguous()
-        return frames, sampled_mask, sampled_mask.to(x.dtype)
-    weight = mask.to(x.dtype)
-    if sample_frames > 0:  # eval: the expectation of the training-time sum over S sampled frames
-        weight = weight * (sample_frames / n.clamp(min=1).to(x.dtype)).unsqueeze(1)
-    return x, mask, weight
 
 
 class WillowModel(VideoModel):
@@ -425,14 +318,18 @@ def family_spec(
 
 
 # Builders and counters take identical keywords; each forwards ``locals()`` (taken first thing,
-# i.e. exactly its keyword arguments) to ``family_spec``.
+# i.e. exactly its keyword arguments) to ``family_spec``. The tiny variants: the fewest clusters a
+# two-stream model allows (the audio stream gets K/2 or K/8, at least 2), 16 hidden units, 10 classes.
+
+TINY_VLAD = dict(clusters=4, hidden_size=16, num_classes=10)
+TINY_BOF = dict(clusters=16, hidden_size=16, num_classes=10)
 
 
 def netvlad_count(**hparams: Any) -> Count:
     return willow_count(family_spec("netvlad", **hparams))
 
 
-@register("netvlad", counter=netvlad_count)
+@register("netvlad", counter=netvlad_count, tiny=TINY_VLAD)
 def netvlad(
     *,
     clusters: int = 64,
@@ -467,7 +364,7 @@ def netrvlad_count(**hparams: Any) -> Count:
     return willow_count(family_spec("netrvlad", **hparams))
 
 
-@register("netrvlad", counter=netrvlad_count)
+@register("netrvlad", counter=netrvlad_count, tiny=TINY_VLAD)
 def netrvlad(
     *,
     clusters: int = 64,
@@ -493,7 +390,7 @@ def soft_bof_count(**hparams: Any) -> Count:
     return willow_count(family_spec("soft_bof", **hparams))
 
 
-@register("soft_bof", counter=soft_bof_count)
+@register("soft_bof", counter=soft_bof_count, tiny=TINY_BOF)
 def soft_bof(
     *,
     clusters: int = 8000,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,20 +31,18 @@ from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, NUM_CLASSES, RGB_DIM
 from yt8m_search.models.layers import (
     CLASSIFIERS,
     Count,
-    ReverseWhitening,
     SEGating,
     batch_norm,
     batch_norm_params,
     classifier_params,
     dense,
     dense_params,
-    load_eigenvals,
     make_classifier,
-    reverse_whitening_params,
     se_gating_params,
     variance_scaling_,
 )
 from yt8m_search.models.registry import VideoModel, register
+from yt8m_search.models.whitening import ReverseWhitening, reverse_whitening_params, upgrade_pca_eigenvals
 
 
 class Frames(NamedTuple):
@@ -224,7 +221,7 @@ class NeXtVLADModel(VideoModel):
         classifier: str = "logistic",
         num_mixtures: int = 4,
         prob_gating: bool = False,
-        eigenvals: np.ndarray | None = None,
+        reverse_whitening: bool = False,
         num_classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
@@ -233,7 +230,8 @@ class NeXtVLADModel(VideoModel):
             gating_reduction=gating_reduction, dropout=dropout, classifier=classifier,
             num_mixtures=num_mixtures, prob_gating=prob_gating, num_classes=num_classes,
         )  # fmt: skip
-        self.whitening = ReverseWhitening(eigenvals) if eigenvals is not None else None
+        # The scale is a placeholder until set_eigenvalues (or a state dict) fills it.
+        self.whitening = ReverseWhitening() if reverse_whitening else None
         self.video = NeXtVLAD(RGB_DIM, groups, clusters, expansion)
         self.audio = NeXtVLAD(AUDIO_DIM, groups // 2, clusters // 2, expansion)
         self.dropout = nn.Dropout(dropout)
@@ -294,13 +292,16 @@ def nextvlad_branch_count(
 
 
 def nextvlad_count(**hparams: Any) -> Count:
-    branch = {k: v for k, v in hparams.items() if k != "pca_eigenvals"}
+    branch = {k: v for k, v in hparams.items() if k != "reverse_whitening"}
     validate_nextvlad(**branch)
     del branch["dropout"]  # dropout has no parameters
-    return nextvlad_branch_count(**branch) + reverse_whitening_params(hparams["pca_eigenvals"] is not None)
+    return nextvlad_branch_count(**branch) + reverse_whitening_params(hparams["reverse_whitening"])
 
 
-@register("nextvlad", counter=nextvlad_count)
+TINY = dict(groups=2, clusters=4, expansion=1, hidden_size=8, gating_reduction=2, num_classes=10)
+
+
+@register("nextvlad", counter=nextvlad_count, tiny=TINY, upgrade=upgrade_pca_eigenvals)
 def nextvlad(
     *,
     groups: int = 8,
@@ -312,15 +313,16 @@ def nextvlad(
     classifier: str = "logistic",
     num_mixtures: int = 4,
     prob_gating: bool = False,
-    pca_eigenvals: str | None = None,
+    reverse_whitening: bool = False,
     num_classes: int = NUM_CLASSES,
 ) -> NeXtVLADModel:
     """NeXtVLAD two-stream model with SE context gating (linrongc, 2nd YouTube-8M challenge).
 
     groups G and clusters K of the video stream (audio uses G/2, K/2); expansion λ; hidden_size H;
     gating_reduction r of the SE gate; dropout on the concatenated descriptors; classifier
-    'logistic' (the paper's) or 'moe' (num_mixtures experts, optional prob_gating); pca_eigenvals:
-    path of the YouTube-8M PCA eigenvalues (.npy) to reverse the whitening of rgb (None: off).
+    'logistic' (the paper's) or 'moe' (num_mixtures experts, optional prob_gating);
+    reverse_whitening: undo the PCA whitening of rgb (the paper's input); the model then holds the
+    scale buffer, filled by ``models.set_eigenvalues`` (or a state dict), never read from a file.
     Defaults: the paper's local configuration 8G / 128K / 2048H / r8 (88,889,378 parameters).
     """
     validate_nextvlad(
@@ -331,7 +333,6 @@ def nextvlad(
     return NeXtVLADModel(
         groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
         gating_reduction=gating_reduction, dropout=dropout, classifier=classifier,
-        num_mixtures=num_mixtures, prob_gating=prob_gating,
-        eigenvals=load_eigenvals(pca_eigenvals) if pca_eigenvals is not None else None,
+        num_mixtures=num_mixtures, prob_gating=prob_gating, reverse_whitening=reverse_whitening,
         num_classes=num_classes,
     )  # fmt: skip

@@ -27,8 +27,8 @@ Frame handling, masking and the other hyperparameters are those of netvlad.py (m
 from __future__ import annotations
 
 import math
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +78,7 @@ class NonLocalBlock(nn.Module):
 
 @dataclass(frozen=True)
 class NonLocalSpec:
-    """A ``netvlad.ResidualBlock``: the block's shape, buildable and countable."""
+    """A ``pooling.ResidualBlock``: the block's shape, buildable and countable."""
 
     feature_size: int
     embedding_size: int
@@ -89,6 +89,36 @@ class NonLocalSpec:
 
     def count(self) -> Count:
         return Count(4 * self.feature_size * self.embedding_size, 0)  # θ, φ, g, out
+
+
+def nonlocal_streams(
+    variant: str, clusters: int, audio: bool, embedding_size: int | None, nonlocal_temperature: float | None
+) -> tuple[StreamSpec, ...]:
+    """The pooling streams of a (validated) variant, each with its non-local block."""
+
+    def block(dim: int, default_embedding: int, audio_stream: bool, default_temperature: float) -> NonLocalSpec:
+        if embedding_size is None:
+            emb = default_embedding
+        else:
+            emb = max(1, embedding_size // AUDIO_EMBEDDING_DIVISOR[variant]) if audio_stream else embedding_size
+        temp = default_temperature if nonlocal_temperature is None else float(nonlocal_temperature)
+        return NonLocalSpec(dim, emb, temp)
+
+    if variant == "early":
+        dim = FEATURE_DIM if audio else RGB_DIM
+        return (StreamSpec(0, dim, "netvlad", clusters, block=block(dim, clusters, False, math.sqrt(dim))),)
+    if variant == "late":
+        k_audio = clusters // 2
+        blocks = (
+            block(RGB_DIM, clusters, False, LATE_TEMPERATURE),
+            block(AUDIO_DIM, k_audio, True, LATE_TEMPERATURE),
+        )
+        return two_streams("netvlad", clusters, audio, blocks=blocks)
+    blocks = (  # netrvlad
+        block(RGB_DIM, RGB_DIM // 2, False, math.sqrt(RGB_DIM)),
+        block(AUDIO_DIM, AUDIO_DIM // 2, True, math.sqrt(AUDIO_DIM)),
+    )
+    return two_streams("netrvlad", clusters, audio, blocks=blocks)
 
 
 def nonlocal_spec(
@@ -126,32 +156,7 @@ def nonlocal_spec(
         prob_gating=prob_gating, dropout=dropout, sample_frames=sample_frames, num_classes=num_classes,
     )  # fmt: skip
     raise_errors("nonlocal_netvlad", errors)
-
-    def block(dim: int, default_embedding: int, audio_stream: bool, default_temperature: float) -> NonLocalSpec:
-        if embedding_size is None:
-            emb = default_embedding
-        else:
-            emb = max(1, embedding_size // AUDIO_EMBEDDING_DIVISOR[variant]) if audio_stream else embedding_size
-        temp = default_temperature if nonlocal_temperature is None else float(nonlocal_temperature)
-        return NonLocalSpec(dim, emb, temp)
-
-    streams: tuple[StreamSpec, ...]
-    if variant == "early":
-        dim = FEATURE_DIM if audio else RGB_DIM
-        streams = (StreamSpec(0, dim, "netvlad", clusters, block=block(dim, clusters, False, math.sqrt(dim))),)
-    elif variant == "late":
-        k_audio = clusters // 2
-        blocks = (
-            block(RGB_DIM, clusters, False, LATE_TEMPERATURE),
-            block(AUDIO_DIM, k_audio, True, LATE_TEMPERATURE),
-        )
-        streams = two_streams("netvlad", clusters, audio, blocks=blocks)
-    else:  # netrvlad
-        blocks = (
-            block(RGB_DIM, RGB_DIM // 2, False, math.sqrt(RGB_DIM)),
-            block(AUDIO_DIM, AUDIO_DIM // 2, True, math.sqrt(AUDIO_DIM)),
-        )
-        streams = two_streams("netrvlad", clusters, audio, blocks=blocks)
+    streams = nonlocal_streams(variant, clusters, audio, embedding_size, nonlocal_temperature)
     return WillowSpec(
         streams=streams, hidden_size=hidden_size, hidden_bn_relu=hidden_bn_relu, gating=gating,
         gating_reduction=gating_reduction, classifier=classifier, num_mixtures=mixtures, prob_gating=prob_gating,
@@ -166,7 +171,10 @@ def nonlocal_netvlad_count(**hparams: Any) -> Count:
     return willow_count(nonlocal_spec(**hparams))
 
 
-@register("nonlocal_netvlad", counter=nonlocal_netvlad_count)
+TINY = dict(clusters=4, hidden_size=16, num_classes=10)  # the late variant: two blocks, MoE-8, prob gating
+
+
+@register("nonlocal_netvlad", counter=nonlocal_netvlad_count, tiny=TINY)
 def nonlocal_netvlad(
     *,
     variant: str = "late",

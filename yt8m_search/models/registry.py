@@ -5,6 +5,11 @@ A family registers a *builder*, a function of keyword-only typed hyperparameters
 ``Count`` without building anything. The search's vocabulary is the builders' keyword names;
 ``build`` / ``param_count`` / ``size_bytes`` check names, fill defaults and check types, and report
 every problem at once.
+
+Each family also registers a *tiny* configuration (``tiny_hparams``: a few clusters, hidden units
+and classes, so the generic tests can build and train every family in milliseconds) and, when its
+vocabulary changed, an *upgrade* that translates old hyperparameter dicts (``upgrade_hparams``, for
+loaders of old checkpoints and bundles).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class MixtureOutput(NamedTuple):
     branch_logits: Tensor  # [M, B, C] logits z_m of every branch
 
 
-ModelOutput = Union[Tensor, MixtureOutput]
+ModelOutput = Tensor | MixtureOutput
 
 
 class VideoModel(nn.Module):
@@ -63,37 +68,54 @@ class ModelSpec:
     defaults: Mapping[str, Any]
     types: Mapping[str, Any]
     doc: str
+    tiny: Mapping[str, Any]
+    upgrade: Callable[[Mapping[str, Any]], dict[str, Any]] | None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, counter: Callable[..., Count]) -> Callable[[Callable[..., VideoModel]], Callable[..., VideoModel]]:
+def register(
+    name: str,
+    counter: Callable[..., Count],
+    *,
+    tiny: Mapping[str, Any],
+    upgrade: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+) -> Callable[[Callable[..., VideoModel]], Callable[..., VideoModel]]:
     """Decorator: register ``builder`` under ``name``.
 
     ``counter`` receives the complete, checked hyperparameters as keywords (declare it with
     ``**hparams``: the builder's signature is the one source of names, types and defaults).
+    ``tiny``: hyperparameters of a tiny, fast model of the family (checked against the signature).
+    ``upgrade``: translates an old hyperparameter dict to the builder's vocabulary.
     """
 
     def decorate(builder: Callable[..., VideoModel]) -> Callable[..., VideoModel]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         params = inspect.signature(builder).parameters
-        if any(p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty for p in params.values()):
+        keyword_only = (p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+        if not all(keyword_only) or any(p.default is inspect.Parameter.empty for p in params.values()):
             raise TypeError(f"{name}: a builder takes keyword-only hyperparameters, each with a default")
         counter_params = list(inspect.signature(counter).parameters.values())
         takes_all = len(counter_params) == 1 and counter_params[0].kind is inspect.Parameter.VAR_KEYWORD
         if not takes_all and [p.name for p in counter_params] != list(params):
             raise TypeError(f"{name}: the counter takes **hparams or exactly the builder's keywords")
         hints = typing.get_type_hints(builder)
-        _REGISTRY[name] = ModelSpec(
+        spec = ModelSpec(
             name=name,
             builder=builder,
             counter=counter,
             defaults={k: p.default for k, p in params.items()},
             types={k: hints[k] for k in params},
             doc=inspect.getdoc(builder) or "",
+            tiny=dict(tiny),
+            upgrade=upgrade,
         )
+        errors = _hparam_errors(spec, spec.tiny)
+        if errors:
+            raise TypeError(f"{name}: tiny hyperparameters: " + "; ".join(errors))
+        _REGISTRY[name] = spec
         return builder
 
     return decorate
@@ -132,19 +154,41 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
-def resolve(name: str, **hparams: Any) -> dict[str, Any]:
-    """Check names and types against the builder's signature; return the complete hyperparameters."""
-    spec = get_spec(name)
+def _hparam_errors(spec: ModelSpec, hparams: Mapping[str, Any]) -> list[str]:
     errors = []
     unknown = sorted(set(hparams) - set(spec.defaults))
     if unknown:
-        errors.append(f"unknown hyperparameter(s) {', '.join(unknown)}; valid for {name}: {', '.join(spec.defaults)}")
+        errors.append(
+            f"unknown hyperparameter(s) {', '.join(unknown)}; valid for {spec.name}: {', '.join(spec.defaults)}"
+        )
     for key, value in hparams.items():
         if key in spec.types and not _type_ok(value, spec.types[key]):
             errors.append(f"{key}={value!r} is not of type {spec.types[key]}")
+    return errors
+
+
+def resolve(name: str, **hparams: Any) -> dict[str, Any]:
+    """Check names and types against the builder's signature; return the complete hyperparameters."""
+    spec = get_spec(name)
+    errors = _hparam_errors(spec, hparams)
     if errors:
         raise ValueError(f"model {name!r}: " + "; ".join(errors))
     return {**spec.defaults, **hparams}
+
+
+def tiny_hparams(name: str) -> dict[str, Any]:
+    """The hyperparameters of a tiny, fast model of the family ``name`` (for tests and smoke runs)."""
+    return dict(get_spec(name).tiny)
+
+
+def upgrade_hparams(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """``hparams`` written for an older vocabulary of ``name``, translated to the current one.
+
+    For example NeXtVLAD's ``pca_eigenvals`` (a path, or None) becomes ``reverse_whitening`` (True,
+    or False). Current dicts come back unchanged (a copy); names are not checked here (``build`` does).
+    """
+    upgrade = get_spec(name).upgrade
+    return upgrade(hparams) if upgrade is not None else dict(hparams)
 
 
 def build(name: str, **hparams: Any) -> VideoModel:

@@ -1,0 +1,136 @@
+"""Every private name of Ray, Optuna, W&B and torch that the project relies on, and nowhere else.
+
+Each is wrapped in a small public function, so an upgrade that renames one breaks here, in one
+file, and ``missing_private_names()`` (run by the test suite) says which one in plain words. Why
+each is needed is written beside it. Ray, Optuna and W&B are imported inside the functions: the
+training loop imports this module for torch alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# (module, attribute path): the private names below, checked by ``missing_private_names``
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("torch", "_foreach_norm"),
+    ("torch", "_foreach_mul_"),
+    ("ray.tune.search.optuna", "OptunaSearch._ot_study"),
+    ("ray.tune.search.optuna", "OptunaSearch._ot_trials"),
+    ("ray.tune.search.optuna", "OptunaSearch._completed_trials"),
+    ("ray.air.integrations.wandb", "_WandbLoggingActor"),
+    ("ray.air.integrations.wandb", "_WandbLoggingActor._handle_result"),
+    ("ray.air.integrations.wandb", "_QueueItem"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch: fused per-tensor norms (one kernel launch for all gradients instead of one per tensor; the
+# per-parameter clipping of the recipe runs every step)
+
+
+def foreach_norm(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The L2 norm of every tensor."""
+    return list(torch._foreach_norm(list(tensors)))
+
+
+def foreach_mul_(tensors: Sequence[Tensor], scales: Sequence[Tensor]) -> None:
+    """``tensors[i] *= scales[i]`` in place."""
+    torch._foreach_mul_(list(tensors), list(scales))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Tune's OptunaSearch: it tells Optuna COMPLETE for every finished trial. An ASHA-stopped trial
+# must reach Optuna as PRUNED instead, and OptunaSearch has no public hook for that: the study, the
+# Tune-id -> Optuna-trial map and the set of trials already told live in private attributes.
+
+
+def tell_optuna_pruned(searcher: Any, trial_id: str) -> bool:
+    """Tell ``searcher``'s study that Tune trial ``trial_id`` was pruned; False when it was already told."""
+    import optuna
+
+    if trial_id in searcher._completed_trials:
+        return False
+    searcher._ot_study.tell(searcher._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+    searcher._completed_trials.add(trial_id)
+    return True
+
+
+def optuna_study(searcher: Any) -> Any:
+    """The ``optuna.Study`` that ``searcher`` asks and tells (there once its metric and mode are set)."""
+    return searcher._ot_study
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray's W&B integration: the per-trial logging actor is private, and subclassing it is the only way
+# to run code (``define_metric``) inside the actor's process after ``wandb.init``.
+
+
+def wandb_logging_actor_class() -> type:
+    """Ray's ``_WandbLoggingActor``."""
+    from ray.air.integrations import wandb as ray_wandb
+
+    return ray_wandb._WandbLoggingActor
+
+
+# The actor's queue protocol, for tests that drive a logging actor without a cluster: the item kinds
+# (RESULT, CHECKPOINT, END) Ray's callback puts on the actor's queue, and the method that turns one
+# result into (metrics logged, config update).
+
+
+def wandb_queue_item_kinds() -> Any:
+    """Ray's ``_QueueItem`` enum."""
+    from ray.air.integrations import wandb as ray_wandb
+
+    return ray_wandb._QueueItem
+
+
+def wandb_actor_split_result(actor: Any, result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what ``actor`` logs, what it adds to the run config) for one Tune result."""
+    return actor._handle_result(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# The check
+
+
+def _resolve(module: str, path: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in path.split("."):
+        if part in ("_ot_study", "_ot_trials", "_completed_trials"):
+            return _instance_attribute(obj, part)
+        obj = getattr(obj, part)
+    return obj
+
+
+def _instance_attribute(cls: type, name: str) -> Any:
+    """Instance attributes set in ``__init__`` are not on the class: look in a fresh instance."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per check
+    try:
+        instance = cls(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return getattr(instance, name)
+
+
+def missing_private_names() -> list[str]:
+    """The private names an upgrade removed, each as a sentence naming where it was used."""
+    missing = []
+    for module, path in PRIVATE_NAMES:
+        try:
+            _resolve(module, path)
+        except (AttributeError, ImportError) as err:
+            missing.append(f"{module}.{path} is gone ({type(err).__name__}: {err}); "
+                           "yt8m_search.compat wraps it: adapt the wrapper to the new version")
+    return missing
+
+
+__all__ = ["PRIVATE_NAMES", "foreach_mul_", "foreach_norm", "missing_private_names", "optuna_study",
+           "tell_optuna_pruned", "wandb_actor_split_result", "wandb_logging_actor_class", "wandb_queue_item_kinds"]

@@ -1,0 +1,50 @@
+"""Space files and trial settings.
+
+- ``spec``: the typed space (``Spec`` and its sections, ``Parameter``, ``Distribution``, ``SpecError``);
+- ``space``: the YAML reader (``load``, ``parse``, ``apply_overrides``), every error with its key path;
+- ``trial``: ``TrialSettings``, the one definition of every trial setting (default, rule, searchable);
+- ``budget``: the model checks (vocabulary, per-model budget, reverse whitening's eigenvalues file);
+- ``checker``: typed access to YAML values that records errors instead of raising.
+"""
+
+from yt8m_search.config.budget import configurations, smallest_config
+from yt8m_search.config.checker import Checker
+from yt8m_search.config.space import apply_overrides, load, parse
+from yt8m_search.config.spec import (
+    DEFAULT_CACHE,
+    SAMPLERS,
+    AshaSpec,
+    BudgetSpec,
+    DataSpec,
+    Distribution,
+    Parameter,
+    SearchSpec,
+    Spec,
+    SpecError,
+    SyntheticSpec,
+    WandbSpec,
+)
+from yt8m_search.config.trial import Rule, TrialSettings
+
+__all__ = [
+    "DEFAULT_CACHE",
+    "SAMPLERS",
+    "AshaSpec",
+    "BudgetSpec",
+    "Checker",
+    "DataSpec",
+    "Distribution",
+    "Parameter",
+    "Rule",
+    "SearchSpec",
+    "Spec",
+    "SpecError",
+    "SyntheticSpec",
+    "TrialSettings",
+    "WandbSpec",
+    "apply_overrides",
+    "configurations",
+    "load",
+    "parse",
+    "smallest_config",
+]

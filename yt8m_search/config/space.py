@@ -1,0 +1,355 @@
+"""Space files: YAML -> a typed, validated spec. The project's only YAML reader.
+
+Validation collects every problem with its key path (``data.synthetic.seed: expected an integer,
+got 'x'``) and raises them together as ``SpecError``, before anything is started or written.
+``key=value`` overrides address any key by its dotted path; the value is parsed as YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yt8m_search.config.budget import check_eigenvalues, check_families, check_models
+from yt8m_search.config.checker import Checker, number
+from yt8m_search.config.spec import (
+    SAMPLERS,
+    AshaSpec,
+    BudgetSpec,
+    DataSpec,
+    Distribution,
+    Parameter,
+    SearchSpec,
+    Spec,
+    SpecError,
+    SyntheticSpec,
+    WandbSpec,
+)
+from yt8m_search.config.trial import TrialSettings
+from yt8m_search.constants import MAX_FRAMES
+
+_DIST_KEYS = ("choice", "int", "float", "logfloat")
+_SECTIONS = ["data", "model", "trial", "search", "budget", "storage", "wandb"]
+
+
+def _synthetic_spec(raw: Any, check: Checker) -> SyntheticSpec:
+    syn = check.mapping(raw, "data.synthetic", list(SyntheticSpec.__dataclass_fields__))
+    path, d = "data.synthetic", SyntheticSpec()
+    return SyntheticSpec(
+        train_videos=check.integer(syn, "train_videos", path, d.train_videos, 1),
+        validation_videos=check.integer(syn, "validation_videos", path, d.validation_videos, 1),
+        shards=check.integer(syn, "shards", path, d.shards, 1),
+        seed=check.integer(syn, "seed", path, d.seed, 0),
+        num_classes=check.integer(syn, "num_classes", path, d.num_classes, 2),
+        max_frames=check.integer(syn, "max_frames", path, d.max_frames, 1, MAX_FRAMES),
+        cache=check.string(syn, "cache", path, d.cache) or d.cache,
+    )
+
+
+def _data_spec(raw: Any, check: Checker) -> DataSpec:
+    section = check.mapping(raw, "data", ["train", "validation", "synthetic", "pca_eigenvals"])
+    synthetic = None
+    if section.get("synthetic") is not None:  # `data.synthetic=null` switches to the given paths
+        synthetic = _synthetic_spec(section["synthetic"], check)
+    train = check.string(section, "train", "data", None)
+    validation = check.string(section, "validation", "data", None)
+    if synthetic is not None and (train or validation):
+        check.errors.append("data: give either synthetic or train/validation paths, not both")
+    if synthetic is None and not (train and validation):
+        check.errors.append("data: needs both train and validation Parquet paths, or a synthetic section")
+    eigenvals = check.string(section, "pca_eigenvals", "data", None)
+    return DataSpec(train=train, validation=validation, synthetic=synthetic, pca_eigenvals=eigenvals)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    """Apply ``a.b.c=value`` overrides in place (values parsed as YAML); return the errors."""
+    errors = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            errors.append(f"override {item!r}: expected key.path=value")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            errors.append(f"override {key}: cannot parse value {text!r}: {err}")
+            continue
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                errors.append(f"override {key}: {part} is not a mapping")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    return errors
+
+
+def _parameter(name: str, path: str, section: str, raw: Any, check: Checker) -> Parameter:
+    """A fixed value, or a mapping with one of choice/int/float/logfloat (+ step, log, when)."""
+    if not isinstance(raw, dict):
+        return Parameter(name, path, section, value=raw)
+    check.mapping(raw, path, [*_DIST_KEYS, "value", "step", "log", "when"])
+    when = _conditions(raw.get("when"), f"{path}.when", check)
+    kinds = [k for k in (*_DIST_KEYS, "value") if k in raw]
+    if len(kinds) != 1:
+        check.errors.append(f"{path}: give exactly one of choice, int, float, logfloat or value")
+        return Parameter(name, path, section, when=when)
+    kind = kinds[0]
+    if kind == "value":
+        return Parameter(name, path, section, value=raw["value"], when=when)
+    if kind == "choice":
+        choices = raw["choice"]
+        if not isinstance(choices, list) or not choices:
+            check.errors.append(f"{path}.choice: expected a non-empty list, got {choices!r}")
+            choices = [None]
+        return Parameter(name, path, section, distribution=Distribution("choice", choices=tuple(choices)), when=when)
+    dist = _range(raw, kind, path, check)
+    return Parameter(name, path, section, distribution=dist, when=when)
+
+
+def _range(raw: dict[str, Any], kind: str, path: str, check: Checker) -> Distribution | None:
+    """``int``/``float``/``logfloat: [low, high]`` (+ ``step``, ``log``) as a Distribution; None if malformed."""
+    bounds = raw[kind]
+    low, high = (bounds if isinstance(bounds, list) and len(bounds) == 2 else (None, None))
+    low_n, high_n, step = number(low), number(high), raw.get("step")
+    log = kind == "logfloat" or bool(raw.get("log", False))
+    where = f"{path}.{kind}"
+    if low_n is None or high_n is None:
+        check.errors.append(f"{where}: expected [low, high] numbers, got {bounds!r}")
+        return None
+    if kind == "int" and not (float(low_n).is_integer() and float(high_n).is_integer()):
+        check.errors.append(f"{where}: int bounds must be integers, got {bounds!r}")
+    if low_n > high_n:
+        check.errors.append(f"{where}: empty range, low {low} > high {high}")
+    if log and low_n <= 0:
+        check.errors.append(f"{where}: a log range needs low > 0, got {low}")
+    if step is not None:
+        step_n = number(step)
+        if step_n is None or step_n <= 0 or log:
+            check.errors.append(f"{path}.step: must be a positive number and not combined with log, got {step!r}")
+        elif kind == "int" and ((high_n - low_n) % step_n or not float(step_n).is_integer()):
+            check.errors.append(f"{path}.step: {step} must be an integer dividing high - low")
+        step = step_n
+    if kind == "int":
+        return Distribution("int", int(low_n), int(high_n), int(step) if step else None, log)
+    return Distribution("float", low_n, high_n, step, log)
+
+
+def _conditions(raw: Any, path: str, check: Checker) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not raw:
+        check.errors.append(f"{path}: expected a mapping of parameter: value(s), got {raw!r}")
+        return ()
+    return tuple((str(k), tuple(v) if isinstance(v, list) else (v,)) for k, v in raw.items())
+
+
+def _model_parameters(raw: Any, check: Checker) -> list[Parameter]:
+    section = check.mapping(raw, "model", ["family", "hparams"])
+    if "family" not in section:
+        check.errors.append("model.family: missing (a registered model name, or a choice of them)")
+    family = _parameter("family", "model.family", "model", section.get("family"), check)
+    hparams = check.mapping(section.get("hparams"), "model.hparams", list(section.get("hparams") or {}))
+    params = [family]
+    for key, value in hparams.items():
+        params.append(_parameter(str(key), f"model.hparams.{key}", "hparams", value, check))
+    return params
+
+
+def _trial_settings(raw: Any, check: Checker) -> tuple[TrialSettings, list[Parameter]]:
+    """The fixed trial settings (``TrialSettings``: its defaults, types and rules) and the searched
+    ones (Parameters of section ``trial``, only for the searchable settings)."""
+    section = check.mapping(raw, "trial", list(TrialSettings.names()))
+    fixed: dict[str, Any] = {}
+    searched: list[Parameter] = []
+    for key in TrialSettings.names():
+        if key not in section:
+            continue
+        value, path = section[key], f"trial.{key}"
+        if isinstance(value, dict):
+            if key not in TrialSettings.searchable_names():
+                check.errors.append(f"{path}: cannot be searched (searchable: "
+                                    f"{', '.join(TrialSettings.searchable_names())})")
+                continue
+            searched.append(_searched_setting(key, path, value, check))
+            continue
+        wrong = TrialSettings.rules()[key].type_problem(value)
+        if wrong:
+            check.errors.append(f"{path}: {wrong}")
+            continue
+        fixed[key] = value
+    settings = TrialSettings(**fixed)
+    check.errors.extend(settings.validate())
+    return settings, searched
+
+
+def _searched_setting(key: str, path: str, raw: dict[str, Any], check: Checker) -> Parameter:
+    """A searched trial setting; its choices or range ends are checked against the setting's rule."""
+    param = _parameter(key, path, "trial", raw, check)
+    dist = param.distribution
+    if dist is None:
+        ends = [] if param.value is None else [param.value]  # `{value: x}`, or a malformed range (reported)
+    else:
+        ends = list(dist.choices) if dist.kind == "choice" else [dist.low, dist.high]
+    for value in ends:
+        problem = TrialSettings.value_problem(key, TrialSettings.sampled(key, value) if dist else value)
+        if problem:
+            check.errors.append(f"{path}: {problem}")
+    return param
+
+
+def _search_spec(raw: Any, check: Checker, epochs: int) -> SearchSpec:
+    section = check.mapping(raw, "search", list(SearchSpec.__dataclass_fields__))
+    d = SearchSpec()
+    objectives = section.get("objectives", "gap")
+    objectives = tuple(objectives) if isinstance(objectives, list) else (objectives,)
+    if objectives not in (("gap",), ("gap", "size")):
+        check.errors.append(f"search.objectives: must be gap or [gap, size], got {section.get('objectives')!r}")
+        objectives = d.objectives
+    sampler = section.get("sampler", d.sampler)
+    if sampler not in SAMPLERS:
+        check.errors.append(f"search.sampler: must be one of {list(SAMPLERS)}, got {sampler!r}")
+        sampler = d.sampler
+    max_concurrent = section.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = check.integer(section, "max_concurrent", "search", 1, 1)
+    return SearchSpec(
+        num_samples=check.integer(section, "num_samples", "search", d.num_samples, 1),
+        max_concurrent=max_concurrent,
+        seed=check.integer(section, "seed", "search", d.seed, 0),
+        objectives=objectives,
+        asha=_asha_spec(section, check, epochs),
+        startup_trials=check.integer(section, "startup_trials", "search", d.startup_trials, 0),
+        max_failures=check.integer(section, "max_failures", "search", d.max_failures, 0),
+        sampler=sampler,
+    )
+
+
+def _asha_spec(section: dict[str, Any], check: Checker, epochs: int) -> AshaSpec | None:
+    if "asha" not in section:
+        return SearchSpec().asha
+    if section["asha"] in (None, False):
+        return None
+    a = check.mapping(section["asha"], "search.asha", list(AshaSpec.__dataclass_fields__))
+    asha = AshaSpec(
+        grace_period=check.integer(a, "grace_period", "search.asha", 1, 1),
+        reduction_factor=check.integer(a, "reduction_factor", "search.asha", 2, 2),
+    )
+    if asha.grace_period > epochs:
+        check.errors.append(f"search.asha.grace_period: {asha.grace_period} exceeds trial.epochs {epochs}")
+    return asha
+
+
+def _budget_spec(raw: Any, check: Checker) -> BudgetSpec:
+    section = check.mapping(raw, "budget", list(BudgetSpec.__dataclass_fields__))
+    d = BudgetSpec()
+    sizes: dict[str, int | None] = {}
+    for key, default in (("max_model_bytes", d.max_model_bytes), ("ensemble_bytes", d.ensemble_bytes)):
+        value = section.get(key, default)
+        n = number(value) if value is not None else None
+        if value is not None and (n is None or n <= 0):
+            check.errors.append(f"budget.{key}: expected a positive number of bytes, got {value!r}")
+        sizes[key] = int(n) if n else default
+    dtype = check.string(section, "storage_dtype", "budget", d.storage_dtype) or d.storage_dtype
+    if dtype not in ("float32", "bfloat16", "float16"):
+        check.errors.append(f"budget.storage_dtype: must be float32, bfloat16 or float16, got {dtype!r}")
+    return BudgetSpec(sizes["max_model_bytes"], sizes["ensemble_bytes"] or d.ensemble_bytes, dtype)
+
+
+def _wandb_spec(raw: Any, check: Checker) -> WandbSpec:
+    section = check.mapping(raw, "wandb", list(WandbSpec.__dataclass_fields__))
+    d = WandbSpec()
+    mode = check.string(section, "mode", "wandb", d.mode) or d.mode
+    if mode not in ("offline", "online", "disabled"):
+        check.errors.append(f"wandb.mode: must be offline, online or disabled, got {mode!r}")
+    return WandbSpec(
+        project=check.string(section, "project", "wandb", d.project) or d.project,
+        mode=mode,
+        entity=check.string(section, "entity", "wandb", None),
+    )
+
+
+def _check_conditions(params: list[Parameter], check: Checker) -> None:
+    """Every name defined once; every condition on an existing parameter, with a value it can take."""
+    names = [p.name for p in params]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    for name in duplicates:
+        check.errors.append(f"{name}: defined twice ({', '.join(p.path for p in params if p.name == name)})")
+    by_name = {p.name: p for p in params}
+    for p in params:
+        for cond, allowed in p.when:
+            if cond not in by_name:
+                check.errors.append(f"{p.path}.when: condition on a missing parameter {cond!r}")
+                continue
+            possible = by_name[cond].possible_values() if by_name[cond].distribution is None or \
+                by_name[cond].distribution.kind == "choice" else None
+            if possible is not None and not set(allowed) & set(possible):
+                check.errors.append(f"{p.path}.when: {cond} never takes {list(allowed)} (possible: {possible})")
+
+
+def _sorted_by_conditions(params: list[Parameter], check: Checker) -> list[Parameter]:
+    """Order parameters so that every condition is sampled before what depends on it."""
+    _check_conditions(params, check)
+    by_name = {p.name: p for p in params}
+    ordered: list[Parameter] = []
+    placed: set[str] = set()
+    pending = list(params)
+    while pending:
+        ready = [p for p in pending if all(c in placed or c not in by_name for c, _ in p.when)]
+        if not ready:
+            check.errors.append("conditions form a cycle: " + ", ".join(p.path for p in pending))
+            return ordered + pending
+        for p in ready:
+            ordered.append(p)
+            placed.add(p.name)
+            pending.remove(p)
+    return ordered
+
+
+def parse(raw: Any, source: str = "", name: str = "space") -> Spec:
+    check = Checker()
+    top = check.mapping(raw, "", _SECTIONS)
+    data = _data_spec(top.get("data"), check)
+    model_params = _model_parameters(top.get("model"), check)
+    trial, trial_params = _trial_settings(top.get("trial"), check)
+    search = _search_spec(top.get("search"), check, trial.epochs)
+    budget = _budget_spec(top.get("budget"), check)
+    storage = check.string(top, "storage", "storage", "runs") or "runs"
+    wandb = _wandb_spec(top.get("wandb"), check)
+    params = _sorted_by_conditions(model_params + trial_params, check)
+    check_families(model_params[0], check)
+    if not check.errors:
+        check_models(params, budget, check)
+        check_eigenvalues(params, data, check)
+    if check.errors:
+        raise SpecError(check.errors, source)
+    return Spec(data=data, parameters=tuple(params), trial=trial, search=search, budget=budget, storage=storage,
+                wandb=wandb, name=name, source=source, raw=top)
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, override and validate a space file; raises ``SpecError`` listing every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise SpecError([f"cannot read the space file: {err.strerror or err}"], source) from err
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SpecError([f"not valid YAML: {err}"], source) from err
+    if not isinstance(raw, dict):
+        raise SpecError([f"<top level>: expected a mapping, got {type(raw).__name__}"], source)
+    errors = apply_overrides(raw, overrides)
+    if errors:
+        raise SpecError(errors, source)
+    return parse(raw, source, name=Path(path).stem)
+
+
+__all__ = ["apply_overrides", "load", "parse"]

@@ -1,0 +1,83 @@
+"""``python -m yt8m_search.ensemble RUN_DIR [--budget BYTES] ...``: re-run the ensemble step of a
+finished sweep (select, export ``RUN_DIR/ensemble.pt``, re-score, record it in summary.json) and print
+the members, the curve and the bundle's validation GAP.
+
+Exit status: 0 done, 1 the step failed (the message on the last line of stderr), 2 no such sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from yt8m_search import results
+from yt8m_search.bundle import BUNDLE_NAME
+from yt8m_search.data import fs
+from yt8m_search.ensemble.step import run
+
+__all__ = ["main"]
+
+
+def _parse_bytes(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if not (math.isfinite(value) and value > 0 and value == int(value)):
+        raise argparse.ArgumentTypeError(f"the budget must be a positive whole number of bytes, got {text!r}")
+    return int(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m yt8m_search.ensemble",
+        description="Choose, export and re-score the budgeted ensemble of a finished sweep.",
+    )
+    parser.add_argument("run_dir", help="the sweep's run folder (holding trials.csv and summary.json)")
+    parser.add_argument("--budget", type=_parse_bytes, help="bytes (default: the sweep's budget, else 1e9)")
+    parser.add_argument("--output", help=f"bundle path (default: RUN_DIR/{BUNDLE_NAME})")
+    parser.add_argument("--validation", help="validation data to re-score with (default: from summary.json)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="threads scoring moves (default: up to 4)")
+    parser.add_argument("--no-local-search", action="store_true")
+    return parser
+
+
+def _print(entry: results.EnsembleSummary) -> None:
+    print(f"{'trial':<24} {'model':<18} {'weight':>6} {'MB':>10} {'GAP':>8}")
+    for trial, model, weight, size, gap in zip(entry.members, entry.models, entry.weights, entry.member_bytes,
+                                               entry.member_gaps):  # fmt: skip
+        print(f"{trial:<24} {model:<18} {weight:>6} {size / 1e6:>10.2f} {gap if gap is not None else math.nan:>8.4f}")
+    print("curve (bytes, GAP): " + ", ".join(f"({s:,}, {g:.4f})" for s, g in entry.curve))
+    for note in entry.notes:
+        print(f"note: {note}")
+    print(f"ensemble: {len(entry.members)} members, validation GAP {entry.gap:.5f} (selection "
+          f"{entry.selection_gap:.5f}), {entry.size_bytes:,} bytes of members, {entry.file_bytes:,} "
+          f"bytes on disk, budget {entry.budget_bytes:,} -> {entry.path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if not fs.exists(fs.join(args.run_dir, results.TRIALS_FILE)):
+            print(f"error: {args.run_dir} is not a finished sweep (no trials.csv)", file=sys.stderr)
+            return 2
+        entry = run(args.run_dir, args.budget, output=args.output, validation=args.validation, device=args.device,
+                    batch_size=args.batch_size, workers=args.workers, local_search=not args.no_local_search,
+                    progress=True, log=log)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - a CLI: the message on the last line, exit 1
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    _print(entry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The ensemble step on a finished sweep: select, export the bundle, re-score it, record it.
+
+The budget, the storage dtype and the validation data come from the sweep's ``summary.json``
+(``results.RunSummary``) unless given. The bundle file adds a little to its members' bytes (the
+container, names); when that tips it over the budget the selection runs again under the budget less
+that overhead. The bundle is then scored densely on the validation data from its stored weights:
+that GAP is the step's ``gap``, the selection's sparse estimate its ``selection_gap``. The entry
+(``results.EnsembleSummary``) is returned and stored as summary.json's ``ensemble``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from yt8m_search import artifacts, bundle, results
+from yt8m_search.data import fs
+from yt8m_search.data.inference import DEFAULT_BATCH_SIZE, data_files, iter_batches
+from yt8m_search.ensemble.candidates import Candidate, load_candidates
+from yt8m_search.ensemble.errors import BudgetError, BundleTooLargeError, EnsembleError
+from yt8m_search.ensemble.selection import DEFAULT_BUDGET, Selection, select
+from yt8m_search.evaluate import evaluate_bundle
+
+__all__ = ["export_bundle", "run"]
+
+Log = Callable[[str], None]
+
+
+def _member(candidate: Candidate, weight: int, dtype: str) -> bundle.BundleMember:
+    """A selected candidate's weights (cast to the storage dtype as they are read), checked to come
+    from the write its predictions came from."""
+    if not candidate.checkpoint:
+        raise EnsembleError(f"trial {candidate.trial_id} has no checkpoint to export")
+    try:
+        best = artifacts.read_best(candidate.checkpoint, with_predictions=False)
+    except artifacts.ArtifactError as err:
+        raise EnsembleError(f"trial {candidate.trial_id}: {err}") from err
+    if best.meta.write_id != candidate.write_id:
+        raise EnsembleError(
+            f"trial {candidate.trial_id}: {candidate.checkpoint} was rewritten ({best.meta.write_id or 'untagged'}) "
+            f"after its predictions were read ({candidate.write_id or 'untagged'}); run the ensemble step again"
+        )
+    return bundle.BundleMember(
+        trial_id=candidate.trial_id, model=best.meta.model, hparams=dict(best.meta.hparams), weight=int(weight),
+        size_bytes=int(candidate.size_bytes), state_dict=bundle.storage_state(best.state_dict, dtype),
+    )  # fmt: skip
+
+
+def export_bundle(selection: Selection, path: str, dtype: str = "bfloat16", *, budget_bytes: int | None = None) -> int:
+    """Write the selected members into one bundle at ``path`` (``bundle.export_bundle``, atomically);
+    returns its size in bytes.
+
+    Raises BundleTooLargeError, writing nothing, when the file would exceed the budget
+    (``selection.budget_bytes`` unless given).
+    """
+    budget = int(selection.budget_bytes if budget_bytes is None else budget_bytes)
+    members = [_member(c, w, dtype) for c, w in zip(selection.members, selection.weights)]
+    chosen = {"gap": float(selection.gap), "size_bytes": int(selection.size_bytes), "budget_bytes": budget,
+              "strategy": selection.strategy}  # fmt: skip
+    try:
+        return bundle.export_bundle(members, path, dtype, budget_bytes=budget, selection=chosen)
+    except bundle.BundleTooLargeError as err:
+        raise BundleTooLargeError(str(err), err.file_bytes, err.budget_bytes) from err
+    except bundle.BundleError as err:
+        raise EnsembleError(str(err)) from err
+
+
+@dataclass(frozen=True)
+class _Settings:
+    budget: int
+    dtype: str
+    validation: str
+
+
+def _settings(run_dir: str, budget: int | None, validation: str | None) -> _Settings:
+    """Budget, storage dtype and validation data: the arguments, else the sweep's summary.json."""
+    summary = results.read_summary(run_dir)
+    budget = int(budget if budget is not None else summary.budget.ensemble_bytes or DEFAULT_BUDGET)
+    if budget <= 0:
+        raise EnsembleError(f"the budget must be a positive number of bytes, got {budget}")
+    validation = validation or summary.data.validation
+    if not validation:
+        raise EnsembleError(f"{fs.join(run_dir, results.SUMMARY_FILE)} names no validation data (data.validation), "
+                            "needed to re-score the bundle")
+    try:
+        data_files(validation)
+    except FileNotFoundError as err:
+        raise EnsembleError(f"cannot re-score the bundle: {err}") from err
+    return _Settings(budget, summary.budget.storage_dtype or "bfloat16", validation)
+
+
+def _select_and_export(candidates: list[Candidate], settings: _Settings, path: str, *, workers: int | None,
+                       local_search: bool, say: Log) -> tuple[Selection, int]:
+    """Select under the budget and export; when the file's own overhead tips it over, select again
+    under the budget less that overhead (three tries)."""
+    budget, limit = settings.budget, settings.budget
+    for attempt in range(3):
+        try:
+            selection = select(candidates, limit, workers=workers, local_search=local_search, log=say)
+        except BudgetError as err:
+            if limit == budget:
+                raise
+            raise BudgetError(f"{err} (the budget of {budget:,} bytes less {budget - limit:,} bytes for the "
+                              "bundle file's own overhead)") from err
+        try:
+            return selection, export_bundle(selection, path, settings.dtype, budget_bytes=budget)
+        except BundleTooLargeError as err:
+            if attempt == 2:
+                raise
+            limit -= err.file_bytes - budget + 4096
+            say(f"{err}; selecting again under {limit:,} bytes")
+    raise AssertionError("unreachable")
+
+
+def _json_number(value: float | None) -> float | None:
+    """NaN (no value) as JSON null."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _entry(selection: Selection, metrics: dict[str, Any], settings: _Settings, *, path: str, file_bytes: int,
+           candidates: int, notes: list[str], seconds: float) -> results.EnsembleSummary:
+    return results.EnsembleSummary(
+        members=[c.trial_id for c in selection.members],
+        weights=list(selection.weights),
+        models=[c.model for c in selection.members],
+        member_gaps=[_json_number(c.gap) for c in selection.members],
+        member_bytes=[c.size_bytes for c in selection.members],
+        gap=metrics["gap"],
+        selection_gap=selection.gap,
+        best_single={"trial_id": selection.best_single[0], "gap": selection.best_single[1]},
+        hit_at_one=metrics["hit_at_one"],
+        perr=metrics["perr"],
+        map=_json_number(metrics["map"]),
+        validation_videos=metrics["videos"],
+        size_bytes=selection.size_bytes,
+        file_bytes=file_bytes,
+        budget_bytes=settings.budget,
+        storage_dtype=settings.dtype,
+        path=path,
+        format_version=bundle.FORMAT_VERSION,
+        strategy=selection.strategy,
+        curve=[[int(s), float(g)] for s, g in selection.curve],
+        steps=selection.steps,
+        local_moves=selection.local_moves,
+        candidates=candidates,
+        evaluations=selection.evaluations,
+        selection_seconds=round(selection.seconds, 3),
+        seconds=round(seconds, 3),
+        notes=notes,
+    )
+
+
+def run(
+    run_dir: str,
+    budget: int | None = None,
+    *,
+    output: str | None = None,
+    validation: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    local_search: bool = True,
+    progress: bool = False,
+    log: Log | None = None,
+) -> results.EnsembleSummary:
+    """Select, export and re-score the ensemble of a finished sweep; record it in summary.json.
+
+    Returns the entry stored as ``summary["ensemble"]``: members, weights, models, gap (the bundle's
+    validation GAP, from its stored weights), selection_gap, hit_at_one, perr, map, size_bytes,
+    file_bytes, budget_bytes, storage_dtype, path, curve, notes, ...
+    """
+    say = log or (lambda _: None)
+    started = time.perf_counter()
+    settings = _settings(run_dir, budget, validation)
+    candidates = load_candidates(run_dir, storage_dtype=settings.dtype)
+    path = output or fs.join(run_dir, bundle.BUNDLE_NAME)
+    selection, file_bytes = _select_and_export(candidates, settings, path, workers=workers,
+                                               local_search=local_search, say=say)
+    say(f"bundle: {path}, {file_bytes:,} bytes on disk (budget {settings.budget:,})")
+
+    device = bundle.resolve_device(device)
+    loaded = bundle.load_bundle(path, device)
+    batches = iter_batches(settings.validation, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                           num_classes=loaded.num_classes, progress=progress, desc="re-score",
+                           dequantize=torch.device(device).type == "cpu")
+    metrics = evaluate_bundle(loaded, batches)
+    expected = len(candidates[0].video_ids)
+    notes = [n for c in selection.members for n in c.notes]
+    if metrics["videos"] != expected:
+        notes.append(f"the validation data holds {metrics['videos']} videos, the trials' predictions {expected}")
+    entry = _entry(selection, metrics, settings, path=path, file_bytes=file_bytes, candidates=len(candidates),
+                   notes=notes, seconds=time.perf_counter() - started)
+    # re-read: keep whatever else was written meanwhile
+    results.write_summary(results.read_summary(run_dir).with_ensemble(entry), run_dir)
+    return entry

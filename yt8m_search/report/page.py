@@ -1,0 +1,317 @@
+"""The report page: the run's facts, the plots, the ensemble's members and the trials table, as one
+self-contained HTML document (inline CSS and SVG, no scripts, no external assets)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from yt8m_search.data import fs
+from yt8m_search.report.plots import (
+    config_items,
+    ensemble_plot,
+    gap_of,
+    history_plot,
+    importance_plot,
+    pareto_ids,
+    size_plot,
+)
+from yt8m_search.report.svg import esc, fmt, fmt_int, fmt_mb, fmt_value, num, size
+from yt8m_search.results import (
+    TABLE_STATES,
+    BestTrial,
+    EnsembleFailure,
+    EnsembleSummary,
+    RunSummary,
+    TrialRow,
+)
+
+REPORT_FILE = "report.html"
+STATE_ORDER = tuple(s.value for s in TABLE_STATES)
+
+CSS = """
+:root { color-scheme: light; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       color: #222; background: #fafafa; margin: 0; }
+main { max-width: 1180px; margin: 0 auto; padding: 20px 28px 48px; }
+h1 { font-size: 22px; margin: 8px 0 4px; }
+h2 { font-size: 17px; margin: 30px 0 8px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+.sub { color: #666; margin: 0 0 12px; word-break: break-all; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; margin: 8px 0; }
+dl.facts dt { color: #666; }
+dl.facts dd { margin: 0; word-break: break-word; }
+.counts span { margin-right: 12px; }
+section.plot-box { background: #fff; border: 1px solid #e2e2e2; border-radius: 6px; padding: 10px 12px;
+                   margin: 14px 0; overflow-x: auto; }
+svg.plot { max-width: 100%; height: auto; display: block; }
+svg text { font-family: inherit; fill: #333; }
+svg text.tick, svg text.legend { font-size: 11px; }
+svg text.axis-title { font-size: 12px; fill: #444; }
+svg text.note { font-size: 14px; fill: #888; }
+p.caption, p.note, td.note { color: #777; font-size: 13px; }
+table { border-collapse: collapse; width: 100%; background: #fff; font-size: 12.5px; }
+th, td { border-bottom: 1px solid #eee; padding: 4px 7px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; position: sticky; top: 0; }
+tbody tr:nth-child(even) { background: #fbfbfb; }
+tr.best { background: #eef8ee !important; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.id { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
+td.config { max-width: 380px; }
+td.config .kv { display: inline-block; margin-right: 6px; color: #555; }
+td.config .kv b { color: #222; font-weight: 500; }
+td.reason { max-width: 320px; color: #8a3b12; word-break: break-word; }
+.badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11.5px; color: #fff; }
+.badge.complete { background: #1f77b4; } .badge.stopped { background: #ff7f0e; }
+.badge.infeasible { background: #8c8c8c; } .badge.error { background: #d62728; }
+.badge.pending { background: #9467bd; }
+.table-wrap { overflow-x: auto; }
+code { font-size: 12.5px; }
+"""
+
+
+@dataclass(frozen=True)
+class _Ensemble:
+    """What the page shows of the ensemble step. A failed step shows as an ensemble without members
+    (as the page always has: the section is there, saying no curve and no members)."""
+
+    members: list[str]
+    weights: list[int]
+    gap: float | None
+    selection_gap: float | None
+    size_bytes: int | None
+    budget_bytes: int | None
+    path: str
+    curve: list[list[float]]
+
+    @classmethod
+    def of(cls, ens: EnsembleSummary | EnsembleFailure | None) -> _Ensemble | None:
+        if ens is None:
+            return None
+        if isinstance(ens, EnsembleFailure):
+            return cls([], [], None, None, None, None, "", [])
+        return cls([str(m) for m in ens.members], list(ens.weights), ens.gap, ens.selection_gap, ens.size_bytes,
+                   ens.budget_bytes, ens.path, list(ens.curve))  # fmt: skip
+
+    def member_weights(self) -> dict[str, int]:
+        """Each member's weight (1 when the summary has none for it)."""
+        out = {}
+        for i, m in enumerate(self.members):
+            w = num(self.weights[i]) if i < len(self.weights) else None
+            out[m] = int(w) if w is not None else 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def _sorted_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
+    """Trained trials by GAP descending (ties in creation order), then the rest in creation order."""
+    trained = [(i, g, r) for i, r in enumerate(rows) if (g := gap_of(r)) is not None]
+    rest = [r for r in rows if gap_of(r) is None]
+    return [r for _, _, r in sorted(trained, key=lambda t: (-t[1], t[0]))] + rest
+
+
+def _trial_cells(rank: int, r: TrialRow, notes: list[str]) -> list[str]:
+    config = "".join(f'<span class="kv">{esc(k)}=<b>{esc(v)}</b></span> ' for k, v in config_items(r))
+    trained = gap_of(r) is not None
+    state = r.state.value
+    return [
+        f'<td class="num">{rank}</td>',
+        f'<td class="id">{esc(r.trial_id)}</td>',
+        f'<td><span class="badge {esc(state)}">{esc(state)}</span></td>',
+        f"<td>{esc(r.model)}</td>",
+        f'<td class="config">{config}</td>',
+        f'<td class="num">{fmt(r.gap) if trained else "–"}</td>',
+        f'<td class="num">{fmt(r.hit_at_one) if trained else "–"}</td>',
+        f'<td class="num">{fmt_int(r.epochs) if trained else "–"}</td>',
+        f'<td class="num">{fmt_int(r.params)}</td>',
+        f'<td class="num">{fmt_mb(r.size_bytes)}</td>',
+        f"<td>{esc(', '.join(notes))}</td>",
+        f'<td class="reason">{esc(r.reason)}</td>',
+    ]
+
+
+def trials_table(rows: Sequence[TrialRow], front: set[str], best_id: str | None, members: Mapping[str, int]) -> str:
+    """Every trial, best GAP first, untrained trials last; each row carries ``data-trial``."""
+    head = ["#", "trial", "state", "model", "configuration", "GAP", "hit@1", "epochs", "params", "size MB",
+            "notes", "reason"]  # fmt: skip
+    out = ['<table class="trials">', "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
+           "<tbody>"]  # fmt: skip
+    for rank, r in enumerate(_sorted_rows(rows), 1):
+        tid = r.trial_id
+        notes = ["best"] if tid == best_id else []
+        if tid in front:
+            notes.append("Pareto")
+        if tid in members:
+            notes.append(f"ensemble ×{members[tid]}")
+        cls = f"state-{esc(r.state.value)}" + (" best" if tid == best_id else "")
+        out.append(f'<tr class="{cls}" data-trial="{esc(tid)}">' + "".join(_trial_cells(rank, r, notes)) + "</tr>")
+    if not rows:
+        out.append(f'<tr><td colspan="{len(head)}" class="note">no trials</td></tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def members_table(ens: _Ensemble, by_id: Mapping[str, TrialRow]) -> str:
+    out = ['<table class="members">',
+           "<thead><tr><th>#</th><th>trial</th><th>weight</th><th>model</th><th>GAP</th><th>size MB</th>"
+           "</tr></thead>", "<tbody>"]  # fmt: skip
+    for i, tid in enumerate(ens.members):
+        r = by_id.get(tid)
+        w = ens.weights[i] if i < len(ens.weights) else ""
+        out.append(
+            f'<tr data-trial="{esc(tid)}"><td class="num">{i + 1}</td><td class="id">{esc(tid)}</td>'
+            f'<td class="num">{esc(w)}</td><td>{esc(r.model if r else "")}</td>'
+            f'<td class="num">{fmt(r.gap if r else None)}</td>'
+            f'<td class="num">{fmt_mb(r.size_bytes if r else None)}</td></tr>'
+        )
+    if not ens.members:
+        out.append('<tr><td colspan="6" class="note">no members</td></tr>')
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's facts
+
+
+def _dl(items: Sequence[tuple[str, str]]) -> str:
+    """A definition list from (label, already-escaped HTML) pairs."""
+    return '<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _counts_html(summary: RunSummary, rows: Sequence[TrialRow]) -> str:
+    counts: dict[str, int] = dict(summary.trials)
+    if not counts:
+        for r in rows:
+            counts[r.state.value] = counts.get(r.state.value, 0) + 1
+    ordered = [s for s in STATE_ORDER if s in counts] + [s for s in counts if s not in STATE_ORDER]
+    total = sum(int(num(counts[s]) or 0) for s in ordered)
+    return '<span class="counts">' + "".join(
+        f'<span><span class="badge {esc(s)}">{esc(s)}</span> {esc(counts[s])}</span>' for s in ordered
+    ) + f"<span>total {total}</span></span>"  # fmt: skip
+
+
+def _hparams_text(hparams: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in hparams.items())
+
+
+def _best_facts(best: BestTrial | None) -> list[tuple[str, str]]:
+    if best is None:
+        return [("best trial", "none trained yet")]
+    facts = [("best trial", (
+        f"<b>{esc(best.trial_id)}</b> · {esc(best.model)} · GAP "
+        f"<b>{esc(fmt(best.gap))}</b> · {esc(fmt_int(best.epochs))} epochs · "
+        f"{esc(fmt_int(best.params))} params · {esc(fmt_mb(best.size_bytes))} MB"
+    ))]  # fmt: skip
+    hp = _hparams_text(best.hparams)
+    if hp:
+        facts.append(("best hyperparameters", f"<code>{esc(hp)}</code>"))
+    if best.checkpoint:
+        facts.append(("best checkpoint", f"<code>{esc(best.checkpoint)}</code>"))
+    return facts
+
+
+def _facts(summary: RunSummary, rows: Sequence[TrialRow], ens: _Ensemble | None) -> list[tuple[str, str]]:
+    budget = summary.budget
+    max_model = size(budget.max_model_bytes)
+    facts = [
+        ("search space", f"<code>{esc(summary.space)}</code>"),
+        ("space hash", f"<code>{esc(summary.space_hash)}</code>"),
+        ("yt8m_search version", esc(summary.version)),
+        ("run folder", f"<code>{esc(summary.run_dir)}</code>"),
+        ("objectives", esc(", ".join(str(o) for o in summary.objectives))),
+        ("trials", _counts_html(summary, rows)),
+        ("per-model budget", esc(f"{fmt_mb(max_model)} MB" if max_model else "none")
+         + (f" (stored as {esc(budget.storage_dtype)})" if budget.storage_dtype else "")),
+    ]  # fmt: skip
+    if size(budget.ensemble_bytes):
+        facts.append(("ensemble budget", esc(f"{fmt_mb(budget.ensemble_bytes)} MB")))
+    facts += _best_facts(summary.best)
+    if ens:
+        facts.append(("ensemble", (
+            f"{len(ens.members)} member(s) · GAP <b>{esc(fmt(ens.gap))}</b>"
+            f" (selection {esc(fmt(ens.selection_gap))}) · {esc(fmt_mb(ens.size_bytes))} MB"
+        )))  # fmt: skip
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def _plot_sections(rows: Sequence[TrialRow], summary: RunSummary, importances: Mapping[str, float],
+                   front: set[str]) -> list[str]:  # fmt: skip
+    size_svg, size_caption = size_plot(rows, size(summary.budget.max_model_bytes), front)
+    return [
+        "<h2>Optimisation history</h2>",
+        f'<section class="plot-box">{history_plot(rows)}'
+        '<p class="caption">GAP is each trial\'s best validation GAP; stopped trials were cut short by ASHA '
+        "(fewer epochs). Infeasible, failed and pending trials have no GAP.</p></section>",
+        "<h2>GAP vs stored size</h2>",
+        f'<section class="plot-box">{size_svg}'
+        + (f'<p class="caption">{esc(size_caption)}</p>' if size_caption else "")
+        + "</section>",
+        "<h2>Parameter importance</h2>",
+        f'<section class="plot-box">{importance_plot(importances)}</section>',
+    ]
+
+
+def _ensemble_section(ens: _Ensemble, summary: RunSummary, rows: Sequence[TrialRow]) -> list[str]:
+    budget_bytes = size(ens.budget_bytes) or size(summary.budget.ensemble_bytes)
+    best_gap = num(summary.best.gap) if summary.best else None
+    return [
+        "<h2>Ensemble</h2>",
+        f'<section class="plot-box">{ensemble_plot(ens.curve, budget_bytes, best_gap)}'
+        + (f'<p class="caption">bundle: <code>{esc(ens.path)}</code></p>' if ens.path else "")
+        + "</section>",
+        f'<div class="table-wrap">{members_table(ens, {r.trial_id: r for r in rows})}</div>',
+    ]
+
+
+def _document(title: str, body: Sequence[str]) -> str:
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{CSS}</style>",
+        "</head>",
+        "<body><main>",
+        *body,
+        "</main></body>",
+        "</html>",
+        "",
+    ])  # fmt: skip
+
+
+def render_report(rows: Sequence[TrialRow], summary: RunSummary, importances: Mapping[str, float]) -> str:
+    """The report page as HTML text: facts, plots, ensemble (when the run has an ensemble entry) and
+    the trials table. ``rows`` in any order: the page shows them in creation order."""
+    rows = sorted(rows, key=lambda r: r.number)
+    front = set(pareto_ids(rows))
+    ens = _Ensemble.of(summary.ensemble)
+    best_id = summary.best.trial_id if summary.best else None
+    title = f"Sweep report — {summary.space or 'yt8m_search'}"
+    body = [
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="sub">{esc(summary.run_dir)}</p>',
+        _dl(_facts(summary, rows, ens)),
+        *_plot_sections(rows, summary, importances or {}, front),
+        *(_ensemble_section(ens, summary, rows) if ens else []),
+        "<h2>Trials</h2>",
+        f'<div class="table-wrap">{trials_table(rows, front, best_id, ens.member_weights() if ens else {})}</div>',
+    ]
+    return _document(title, body)
+
+
+def write_report(run_dir: str, rows: Sequence[TrialRow], summary: RunSummary, importances: Mapping[str, float]) -> str:
+    """Render the report and write it all-or-nothing to ``<run_dir>/report.html``; returns that path."""
+    text = render_report(rows, summary, importances)
+    path = fs.join(run_dir, REPORT_FILE)
+    with fs.atomic_output(path) as f:
+        f.write(text.encode("utf-8"))
+    return path

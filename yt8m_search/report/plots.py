@@ -1,0 +1,251 @@
+"""The report's plots, each one self-contained SVG: the optimisation history, GAP against stored size
+with the Pareto front, parameter importance, and the ensemble's GAP as members are added.
+
+Each plotted trial is an SVG element carrying ``data-trial`` (its id) and ``data-state``; the points of
+the GAP-vs-size plot also carry ``data-pareto`` ("1" on the front), so tests and tools can read the page.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from yt8m_search.report.svg import (
+    COLORS,
+    MB,
+    Plot,
+    active,
+    cross_path,
+    domain,
+    esc,
+    fmt,
+    fmt_int,
+    fmt_mb,
+    fmt_value,
+    linear_ticks,
+    num,
+    size,
+)
+from yt8m_search.results import TABLE_STATES, TRAINED_STATES, TrialRow, TrialState, pareto_front
+
+# the trained states in the order the legends list them
+TRAINED = tuple(s for s in TABLE_STATES if s in TRAINED_STATES)
+
+
+def pareto_ids(rows: Sequence[TrialRow]) -> list[str]:
+    """Ids of the fully trained trials not dominated in (GAP up, size down), in the rows' order
+    (``results.pareto_front``: trials without a finite GAP or a known size take no part)."""
+    return [r.trial_id for r in pareto_front(rows)]
+
+
+# ---------------------------------------------------------------------------------------------
+# A trial as the plots and the table show it
+
+
+def gap_of(row: TrialRow) -> float | None:
+    """The trial's best validation GAP when it trained and it is finite."""
+    return num(row.gap) if row.trained else None
+
+
+def config_items(row: TrialRow) -> list[tuple[str, str]]:
+    """(name, shown value) of the trial's set parameters; the family is left out (the model says it)."""
+    out = []
+    for name, value in row.config.items():
+        if not active(value):
+            continue
+        if name in ("family", "model") and str(value) == row.model:
+            continue
+        out.append((name, fmt_value(value)))
+    return out
+
+
+def config_text(row: TrialRow) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config_items(row))
+
+
+def tip(row: TrialRow) -> str:
+    """A point's hover text."""
+    lines = [f"{row.trial_id} ({row.state.value}) {row.model}"]
+    if gap_of(row) is not None:
+        lines.append(f"GAP {fmt(row.gap)} after {fmt_int(row.epochs)} epochs")
+    lines.append(f"size {fmt_mb(row.size_bytes, '?')} MB, {fmt_int(row.params, '?')} params")
+    config = config_text(row)
+    if config:
+        lines.append(config)
+    if row.reason:
+        lines.append(row.reason)
+    return "\n".join(lines)
+
+
+def _point(plot: Plot, row: TrialRow, x: float, y: float, *, r: float = 4.5, extra: str = "",
+           stroke: str = "none") -> str:  # fmt: skip
+    state = row.state.value
+    color = COLORS.get(state, "#333")
+    return (
+        f'<circle cx="{plot.x(x):.1f}" cy="{plot.y(y):.1f}" r="{r}" fill="{color}" fill-opacity="0.8" '
+        f'stroke="{stroke}" stroke-width="2" data-trial="{esc(row.trial_id)}" '
+        f'data-state="{esc(state)}"{extra}><title>{esc(tip(row))}</title></circle>'
+    )
+
+
+def _state_keys(plot: Plot, rows: Sequence[TrialRow], history: bool) -> None:
+    states = {r.state for r in rows}
+    for s in TRAINED:
+        if s in states:
+            label = ("complete" if s is TrialState.COMPLETE else "stopped early (ASHA)") if history else s.value
+            plot.key("dot", COLORS[s.value], label)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plots
+
+
+def history_plot(rows: Sequence[TrialRow]) -> str:
+    """GAP of each trained trial in creation order, the running best as a step line."""
+    n = len(rows)
+    trained = [(i + 1, g, r) for i, r in enumerate(rows) if (g := gap_of(r)) is not None]
+    plot = Plot(
+        "Optimisation history", "trial (creation order)", "validation GAP",
+        (0.5, max(n, 1) + 0.5), domain([g for _, g, _ in trained]), xinteger=True,
+    )  # fmt: skip
+    if not trained:
+        plot.note("no trained trials yet")
+    else:
+        best, path = -math.inf, []
+        for i, g, _ in trained:
+            if g > best:
+                if path:
+                    path.append(f"H{plot.x(i):.1f}V{plot.y(g):.1f}")
+                else:
+                    path.append(f"M{plot.x(i):.1f},{plot.y(g):.1f}")
+                best = g
+        path.append(f"H{plot.x(n):.1f}")
+        plot.add(f'<path class="running-best" d="{"".join(path)}" fill="none" stroke="{COLORS["best"]}" '
+                 f'stroke-width="2"/>')  # fmt: skip
+        for i, g, r in trained:
+            plot.add(_point(plot, r, i, g))
+    _state_keys(plot, [r for _, _, r in trained], history=True)
+    if trained:
+        plot.key("line", COLORS["best"], "running best")
+    return plot.render("history")
+
+
+def _size_marks(plot: Plot, pts: list[tuple[float, float, TrialRow]], front: set[str]) -> list[tuple[float, float]]:
+    """The Pareto line and the trained points (dominated ones first, so the front is drawn on top)."""
+    on_front = sorted((x, g) for x, g, r in pts if r.trial_id in front)
+    if len(on_front) > 1:
+        d = "".join(f"{'M' if i == 0 else 'L'}{plot.x(x):.1f},{plot.y(g):.1f}" for i, (x, g) in enumerate(on_front))
+        plot.add(f'<path class="pareto-line" d="{d}" fill="none" stroke="{COLORS["pareto"]}" stroke-width="1.5"/>')
+    for x, g, r in sorted(pts, key=lambda p: p[2].trial_id in front):
+        is_front = r.trial_id in front
+        plot.add(_point(plot, r, x, g, r=6 if is_front else 4.5, stroke=COLORS["pareto"] if is_front else "none",
+                        extra=f' data-pareto="{1 if is_front else 0}"'))  # fmt: skip
+    return on_front
+
+
+def size_plot(rows: Sequence[TrialRow], budget_bytes: float | None, front: set[str]) -> tuple[str, str]:
+    """GAP against stored size (log x, MB): the Pareto front, the per-model budget and the infeasible
+    trials marked along the x axis. Returns (svg, caption)."""
+    pts = [(s / MB, g, r) for r in rows if (g := gap_of(r)) is not None and (s := size(r.size_bytes))]
+    infeasible = [(s / MB, r) for r in rows if r.state is TrialState.INFEASIBLE and (s := size(r.size_bytes))]
+    unknown = sum(1 for r in rows if gap_of(r) is not None and size(r.size_bytes) is None)
+    budget_mb = budget_bytes / MB if budget_bytes else None
+    xs = [x for x, _, _ in pts] + [x for x, _ in infeasible] + ([budget_mb] if budget_mb else [])
+    plot = Plot("GAP vs stored size", "stored size (MB, log scale)", "validation GAP",
+                domain(xs, log=True), domain([g for _, g, _ in pts]), xlog=True)  # fmt: skip
+    if not pts:
+        plot.note("no trained trials with a known size")
+    if budget_mb:
+        plot.vline(budget_mb, COLORS["budget"], f"per-model budget {budget_mb:.3g} MB", "budget")
+    on_front = _size_marks(plot, pts, front)
+    for x, r in infeasible:
+        plot.add(
+            f'<g class="infeasible" data-trial="{esc(r.trial_id)}" data-state="infeasible">'
+            f"<title>{esc(tip(r))}</title>{cross_path(plot.x(x), plot.y0 - 6, 4, COLORS['infeasible'])}</g>"
+        )
+    _state_keys(plot, [r for _, _, r in pts], history=False)
+    if on_front:
+        plot.key("ring", COLORS["pareto"], "Pareto front (complete)")
+    if budget_mb:
+        plot.key("dash", COLORS["budget"], "per-model budget")
+    if infeasible:
+        plot.key("cross", COLORS["infeasible"], "infeasible (not trained)")
+    caption = f"{unknown} trained trial(s) of unknown size not shown." if unknown else ""
+    return plot.render("size"), caption
+
+
+def importance_plot(importances: Mapping[str, float]) -> str:
+    """Horizontal bars, most important first; a note when there are none."""
+    numeric = [(str(k), num(v)) for k, v in importances.items()]
+    items = sorted(((k, v) for k, v in numeric if v is not None), key=lambda kv: -kv[1])
+    if not items:
+        return '<p class="note">Not enough fully trained trials to estimate parameter importance.</p>'
+    names = [k if len(k) <= 32 else k[:31] + "…" for k, _ in items]
+    left = int(min(260, 24 + 7.2 * max(len(n) for n in names)))
+    bar_h, gap_h, top, bottom, right = 20, 8, 16, 40, 60
+    width = 760
+    height = top + bottom + len(items) * (bar_h + gap_h)
+    vmax = max(max(v for _, v in items), 1e-12)
+    xmax = 1.0 if vmax > 0.5 else vmax * 1.1
+    x0, x1 = left, width - right
+
+    def px(v: float) -> float:
+        return x0 + max(v, 0.0) / xmax * (x1 - x0)
+
+    parts = [
+        f'<svg class="plot importance" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="Parameter importance">',
+        "<title>Parameter importance</title>",
+    ]
+    y_axis, grid = height - bottom, COLORS["grid"]
+    for t, label in linear_ticks(0.0, xmax, 5):
+        parts.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{top - 4}" y2="{y_axis}" stroke="{grid}"/>')
+        parts.append(f'<text class="tick" x="{px(t):.1f}" y="{y_axis + 16}" text-anchor="middle">{esc(label)}</text>')
+    for i, ((name, v), shown) in enumerate(zip(items, names, strict=True)):
+        y = top + i * (bar_h + gap_h)
+        parts.append(
+            f'<g class="bar" data-param="{esc(name)}"><title>{esc(name)}: {v:.3f}</title>'
+            f'<rect x="{x0}" y="{y}" width="{px(v) - x0:.1f}" height="{bar_h}" fill="{COLORS["complete"]}"/>'
+            f'<text class="tick" x="{x0 - 8}" y="{y + bar_h / 2 + 4:.1f}" text-anchor="end">{esc(shown)}</text>'
+            f'<text class="tick" x="{px(v) + 6:.1f}" y="{y + bar_h / 2 + 4:.1f}">{v:.3f}</text></g>'
+        )
+    parts.append(f'<line x1="{x0}" x2="{x0}" y1="{top - 4}" y2="{y_axis}" stroke="{COLORS["axis"]}"/>')
+    parts.append(f'<line x1="{x0}" x2="{x1}" y1="{y_axis}" y2="{y_axis}" stroke="{COLORS["axis"]}"/>')
+    parts.append(f'<text class="axis-title" x="{(x0 + x1) / 2:.1f}" y="{height - 8}" text-anchor="middle">'
+                 "importance for GAP (fraction of the total)</text>")  # fmt: skip
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def ensemble_plot(curve: Sequence[Sequence[float]], budget_bytes: float | None, best_gap: float | None) -> str:
+    """The ensemble's GAP after each added member against its stored size, with its budget and the
+    best single model for reference."""
+    points = []
+    for item in curve:
+        s, g = (num(item[0]), num(item[1])) if len(item) >= 2 else (None, None)
+        if s is not None and g is not None:
+            points.append((s / MB, g))
+    budget_mb = budget_bytes / MB if budget_bytes and budget_bytes > 0 else None
+    xs = [0.0] + [x for x, _ in points] + ([budget_mb] if budget_mb else [])
+    ys = [g for _, g in points] + ([best_gap] if best_gap is not None else [])
+    lo, hi = domain(xs)
+    plot = Plot("Ensemble: GAP as members are added", "ensemble stored size (MB)", "validation GAP",
+                (0.0 if hi > 0 else lo, hi), domain(ys))  # fmt: skip
+    if budget_mb:
+        plot.vline(budget_mb, COLORS["budget"], f"ensemble budget {budget_mb:.3g} MB", "budget")
+        plot.key("dash", COLORS["budget"], "ensemble budget")
+    if best_gap is not None:
+        plot.hline(best_gap, COLORS["best"], f"best single model {best_gap:.4f}", "best-single")
+        plot.key("dash", COLORS["best"], "best single model")
+    if not points:
+        plot.note("no ensemble curve recorded")
+    else:
+        d = "".join(f"{'M' if i == 0 else 'L'}{plot.x(x):.1f},{plot.y(g):.1f}" for i, (x, g) in enumerate(points))
+        plot.add(f'<path class="ensemble-line" d="{d}" fill="none" stroke="{COLORS["ensemble"]}" stroke-width="2"/>')
+        for i, (x, g) in enumerate(points):
+            plot.add(
+                f'<circle cx="{plot.x(x):.1f}" cy="{plot.y(g):.1f}" r="4" fill="{COLORS["ensemble"]}" '
+                f'data-step="{i + 1}"><title>step {i + 1}: GAP {g:.4f}, {x:.3g} MB</title></circle>'
+            )
+        plot.key("dot", COLORS["ensemble"], "ensemble after each added member")
+    return plot.render("ensemble")

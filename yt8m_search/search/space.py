@@ -1,0 +1,116 @@
+"""The search space and the searcher: Optuna (TPE, seeded, define-by-run) behind Ray Tune.
+
+``SearchSpace`` samples a configuration, computes its analytic stored size and tells Optuna
+(``trial.set_constraint``) whether it fits the per-model budget; an infeasible trial reports at once
+and never starts a worker. ``make_sampler`` is the one place the sweep's sampler is built: the
+searcher and ``run --dry-run`` both use it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from yt8m_search import compat, models
+from yt8m_search.config import Parameter, Spec
+
+OBJECTIVE_METRICS = {"gap": ("gap_best", "max"), "size": ("size_bytes", "min")}
+# The keys the space adds to a trial's config besides its parameters. ``number`` is Optuna's trial
+# number: consecutive from 0 in the order the searcher was asked, i.e. the order Tune created the
+# trials; it lives in the trial's config, so a resumed sweep keeps it (Tune restores configs and the
+# searcher's study, whose numbering goes on).
+NUMBER = "number"
+EXTRA_KEYS = ("size_bytes", "feasible", "infeasible_reason", NUMBER)
+
+
+def _suggest(trial: optuna.Trial, p: Parameter) -> Any:
+    d = p.distribution
+    assert d is not None
+    if d.kind == "choice":
+        return trial.suggest_categorical(p.name, list(d.choices))
+    if d.kind == "int":
+        return trial.suggest_int(p.name, int(d.low), int(d.high), step=int(d.step or 1), log=d.log)  # type: ignore[arg-type]
+    return trial.suggest_float(p.name, float(d.low), float(d.high), step=d.step, log=d.log)  # type: ignore[arg-type]
+
+
+def sample(trial: optuna.Trial, parameters: Sequence[Parameter]) -> dict[str, Any]:
+    """Every active parameter's value: searched ones suggested, fixed ones as given."""
+    values: dict[str, Any] = {}
+    for p in parameters:
+        if p.active(values):
+            values[p.name] = _suggest(trial, p) if p.distribution else p.value
+    return values
+
+
+def model_of(values: dict[str, Any], parameters: Sequence[Parameter]) -> tuple[str, dict[str, Any]]:
+    """(family, hyperparameters) of a trial's flat values."""
+    sections = {p.name: p.section for p in parameters}
+    return values["family"], {k: v for k, v in values.items() if sections.get(k) == "hparams"}
+
+
+class SearchSpace:
+    """Optuna define-by-run space built from the spec: importable and picklable (Tune pickles the
+    searcher at every experiment checkpoint; lambdas and closures break that)."""
+
+    def __init__(self, parameters: Sequence[Parameter], max_model_bytes: int | None, storage_dtype: str) -> None:
+        self.parameters = tuple(parameters)
+        self.max_model_bytes = max_model_bytes
+        self.storage_dtype = storage_dtype
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        values = sample(trial, self.parameters)
+        family, hparams = model_of(values, self.parameters)
+        size, reason = -1, ""
+        try:
+            size = models.size_bytes(family, dtype=self.storage_dtype, **hparams)
+        except ValueError as err:  # an impossible combination (e.g. groups not dividing the input)
+            reason = str(err)
+        if not reason and self.max_model_bytes is not None and size > self.max_model_bytes:
+            reason = f"{size:,} bytes > budget {self.max_model_bytes:,}"
+        # feasible iff <= 0; an invalid model counts as far over budget
+        trial.set_constraint("size_over_budget", (size - (self.max_model_bytes or size)) if size >= 0 else 1e18)
+        fixed = {p.name: values[p.name] for p in self.parameters if p.distribution is None and p.name in values}
+        return {**fixed, "size_bytes": size, "feasible": not reason, "infeasible_reason": reason,
+                NUMBER: trial.number}  # fmt: skip
+
+
+class FidelityAwareOptunaSearch(OptunaSearch):
+    """ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE with truncated metrics, so a
+    partially trained trial never lands on the Pareto front nor poses as a finished one."""
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped = result and not error and not result.get("infeasible") and result.get("epoch", 0) < self.max_epochs
+        if stopped and compat.tell_optuna_pruned(self, trial_id):
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
+def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler: seeded TPE (multivariate, grouped, constant liar) or random search."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=True
+    if spec.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.search.seed)
+    return optuna.samplers.TPESampler(
+        seed=spec.search.seed, n_startup_trials=spec.search.startup_trials, multivariate=True, group=True,
+        constant_liar=True,  # concurrent trials: pending ones count as bad, so TPE spreads out
+    )
+
+
+def make_searcher(spec: Spec) -> FidelityAwareOptunaSearch:
+    metrics = [OBJECTIVE_METRICS[o] for o in spec.search.objectives]
+    return FidelityAwareOptunaSearch(
+        space=SearchSpace(spec.parameters, spec.budget.max_model_bytes, spec.budget.storage_dtype),
+        metric=[m for m, _ in metrics] if spec.multi_objective else metrics[0][0],
+        mode=[d for _, d in metrics] if spec.multi_objective else metrics[0][1],
+        sampler=make_sampler(spec),
+        study_name=spec.name,
+        max_epochs=spec.trial.epochs,
+    )

@@ -1,0 +1,144 @@
+"""The sweep: Ray Tune trials proposed by the searcher, stopped by ASHA, turned into the trials table.
+
+``run_sweep`` builds (or restores) the Tuner, runs it and returns one ``results.TrialRow`` per trial
+in creation order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from yt8m_search import tracking
+from yt8m_search.config import Spec
+from yt8m_search.data import fs
+from yt8m_search.data.prepare import DataPaths
+from yt8m_search.results import TRAINED_STATES, TrialRow
+from yt8m_search.search.live import LiveView, trial_state
+from yt8m_search.search.space import NUMBER, make_searcher, model_of
+from yt8m_search.search.trial import SweepContext, run_trial
+
+
+def max_concurrent_trials(spec: Spec) -> int:
+    """``search.max_concurrent`` when set (an autoscaling cluster grows to meet it: its workers do
+    not exist yet when the sweep starts); else as many trials as the cluster's resources hold now.
+
+    Half a CPU stays free for Ray Data's read tasks (``loading.READ_CPUS`` each): with every CPU
+    held by training workers the loaders cannot run and the trials wait forever."""
+    if spec.search.max_concurrent:
+        return spec.search.max_concurrent
+    trial = spec.trial
+    resources = ray.cluster_resources()
+    fits = [(resources.get("CPU", 1) - 0.5) // (trial.num_workers * trial.cpus_per_worker)]
+    if trial.gpus_per_worker:
+        fits.append(resources.get("GPU", 0) // (trial.num_workers * trial.gpus_per_worker))
+    return max(1, int(min(fits)))
+
+
+def _callbacks(spec: Spec, run_dir: str) -> list[Any]:
+    """The live view, and W&B tracking (one group per sweep) unless disabled."""
+    callbacks: list[Any] = [LiveView(spec.trial.epochs)]
+    name = fs.basename(run_dir)
+    group = spec.name if name == spec.name else f"{spec.name}-{name}"
+    wandb = tracking.wandb_callback(spec.wandb.project, spec.wandb.entity, spec.wandb.mode, group)
+    if wandb is not None:
+        callbacks.append(wandb)
+    return callbacks
+
+
+def _new_tuner(spec: Spec, trainable: Any, run_dir: str) -> tune.Tuner:
+    scheduler = None
+    if spec.search.asha is not None:
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric="gap", mode="max", max_t=spec.trial.epochs,
+            grace_period=spec.search.asha.grace_period, reduction_factor=spec.search.asha.reduction_factor,
+        )  # fmt: skip
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),  # metric/mode only there: a TuneConfig metric would
+            scheduler=scheduler,  # silently collapse a multi-objective study
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=max_concurrent_trials(spec),
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=run_dir,
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
+            callbacks=_callbacks(spec, run_dir),
+            verbose=0,
+        ),
+    )
+
+
+def run_sweep(spec: Spec, data: DataPaths, run_dir: str, *, resume: bool = False) -> list[TrialRow]:
+    """Run (or resume) the sweep; return one row per trial, in creation order. Ray must be initialised."""
+    context = SweepContext(spec=spec, data=data, run_dir=run_dir)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0.01})
+    experiment = fs.join(run_dir, "tune")
+    if resume and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = _new_tuner(spec, trainable, run_dir)
+    results = tuner.fit()
+    return trial_rows(spec, [(r.config or {}, r.metrics or {}, r.error) for r in results])
+
+
+def trial_rows(spec: Spec, trials: Sequence[tuple[dict[str, Any], dict[str, Any], Any]]) -> list[TrialRow]:
+    """The trials table from each trial's (config, last metrics, error), numbered 0..n-1 in creation order.
+
+    The order comes from the searcher's number in each config (see ``space.NUMBER``), not from the
+    result grid's order: Tune moves a retried trial to the end of its list, and a resumed sweep
+    re-queues its trials by their last result's time. Trials without a number (started by an older
+    version) keep their grid order, after the numbered ones."""
+
+    def created(item: tuple[int, tuple[dict[str, Any], dict[str, Any], Any]]) -> tuple[bool, int, int]:
+        index, (config, _, _) = item
+        number = config.get(NUMBER)
+        return number is None, number if number is not None else 0, index
+
+    ordered = [trial for _, trial in sorted(enumerate(trials), key=created)]
+    return [trial_row(spec, n, config, metrics, error) for n, (config, metrics, error) in enumerate(ordered)]
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _first_line(error: Any) -> str:
+    return (str(error).splitlines() or [""])[0][:300] if error else ""
+
+
+def trial_row(spec: Spec, number: int, config: dict[str, Any], metrics: dict[str, Any], error: Any) -> TrialRow:
+    """One trial's row: its parameters, its last result's metrics (NaN and empty paths when it did
+    not train) and why it is infeasible or failed."""
+    state = trial_state("ERROR" if error else "TERMINATED", metrics, error is not None, spec.trial.epochs)
+    family, hparams = model_of(config, spec.parameters) if "family" in config else ("", {})
+    trained = state in TRAINED_STATES
+    nan = math.nan
+    return TrialRow(
+        number=number,
+        trial_id=str(metrics.get("trial_id", config.get("trial_id", ""))),
+        state=state,
+        model=family,
+        hparams=dict(sorted(hparams.items())),
+        config={p.name: config[p.name] for p in spec.parameters if p.name in config},
+        gap=_float(metrics.get("gap_best")) if trained else nan,
+        gap_last=_float(metrics.get("gap")) if trained else nan,
+        hit_at_one=_float(metrics.get("hit_at_one")),
+        perr=_float(metrics.get("perr")),
+        map=_float(metrics.get("map")),
+        epochs=int(metrics.get("epoch", 0)) if trained else 0,
+        best_epoch=int(metrics.get("best_epoch", 0)),
+        params=int(metrics.get("params", 0)),
+        size_bytes=int(metrics.get("size_bytes", config.get("size_bytes", 0))),
+        samples_per_s=_float(metrics.get("samples_per_s")),
+        checkpoint=str(metrics.get("checkpoint", "")) if trained else "",
+        predictions=str(metrics.get("predictions", "")) if trained else "",
+        reason=config.get("infeasible_reason", "") or _first_line(error),
+    )

@@ -1,0 +1,139 @@
+"""Evaluation of a trial every epoch: over the whole validation set, across all workers.
+
+Each worker scores a disjoint set of validation files; the metric states and top-k predictions are
+gathered to rank 0, which computes the exact global GAP (not an average of per-worker GAPs) and
+keeps the predictions (``artifacts.Predictions``) for the trial's ``best/`` folder. The averaging
+of the last epochs' weights (boliu61's) is evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from yt8m_search import models
+from yt8m_search.artifacts import Predictions
+from yt8m_search.constants import NUM_CLASSES
+from yt8m_search.data.batch import VideoBatch
+from yt8m_search.data.loading import iter_video_batches, read_videos
+from yt8m_search.metrics import MetricAccumulator
+from yt8m_search.train.collective import broadcast, gather
+from yt8m_search.train.recipe import autocast, cpu_state
+from yt8m_search.train.settings import TrainConfig
+
+
+@dataclass
+class Evaluation:
+    """One worker's evaluation of its validation files: metric state plus top-k predictions."""
+
+    state: dict[str, np.ndarray]
+    predictions: Predictions
+
+
+def evaluate(
+    model: models.VideoModel,
+    batches: Iterable[VideoBatch],
+    device: torch.device,
+    top_k: int,
+    num_classes: int = NUM_CLASSES,
+) -> Evaluation:
+    """Score ``batches`` in eval mode; keep the metric accumulator's state and top-k predictions."""
+    model.eval()
+    acc = MetricAccumulator(num_classes=num_classes)
+    ids: list[str] = []
+    classes, scores, labels = [], [], []
+    with torch.no_grad(), autocast(device):
+        for batch in batches:
+            batch = batch.to(device)
+            output = model(batch.features, batch.mask)
+            loss = model.loss(output, batch.labels).item()
+            probs = torch.sigmoid(model.logits(output).float())  # scores in fp32: bf16 would create ties
+            top = torch.topk(probs, k=min(top_k, probs.shape[1]), dim=1)
+            probs_np, labels_np = probs.cpu().numpy(), batch.labels.cpu().numpy()
+            acc.update(probs_np, labels_np, loss=loss)
+            ids.extend(batch.ids)
+            classes.append(top.indices.to(torch.int32).cpu().numpy())
+            scores.append(top.values.cpu().numpy())
+            labels.extend(np.flatnonzero(row).astype(np.int32) for row in labels_np)
+    k = min(top_k, num_classes)
+    predictions = Predictions(
+        ids=ids,
+        classes=np.concatenate(classes) if classes else np.zeros((0, k), np.int32),
+        scores=np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
+        labels=labels,
+    )
+    return Evaluation(state=acc.state(), predictions=predictions)
+
+
+def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
+    """The global metrics of several workers' evaluations (their accumulator states merged)."""
+    merged = MetricAccumulator.from_states([e.state for e in evaluations])
+    result = merged.result()
+    return {
+        "gap": result["gap"],
+        "hit_at_one": result["hit_at_one"],
+        "perr": result["perr"],
+        "map": result["map"],
+        "val_loss": result.get("loss", math.nan),
+        "val_videos": merged.num_videos,
+    }
+
+
+def evaluate_globally(
+    model: models.VideoModel, files: list[str], cfg: TrainConfig, device: torch.device
+) -> tuple[dict[str, Any], Predictions | None]:
+    """Evaluate this worker's files and merge every worker's state on rank 0.
+
+    Returns the global metrics (on every rank) and the predictions (on rank 0, else None)."""
+    batches: Iterable[VideoBatch] = []
+    if files:
+        batches = iter_video_batches(
+            read_videos(files, listed=True),  # listed by fit
+            batch_size=cfg.eval_batch_size,
+            num_classes=cfg.num_classes,
+            pad_to=cfg.pad_to,
+            dequantize=device.type == "cpu",
+        )
+    gathered = gather(evaluate(model, batches, device, cfg.prediction_top_k, cfg.num_classes))
+    metrics, predictions = None, None
+    if gathered is not None:
+        metrics = merged_metrics(gathered)
+        predictions = Predictions.concat([e.predictions for e in gathered], cfg.prediction_top_k)
+    return broadcast(metrics), predictions
+
+
+def accumulate_average(averaged: dict[str, Any] | None, model: nn.Module) -> dict[str, Any]:
+    """Running sum of floating-point state (weights and BN statistics), as in boliu61's averaging."""
+    state = cpu_state(model)
+    if averaged is None:
+        return {"count": 1, "sum": {k: v.double() if v.is_floating_point() else v for k, v in state.items()}}
+    for k, v in state.items():
+        if v.is_floating_point():
+            averaged["sum"][k] += v.double()
+        else:
+            averaged["sum"][k] = v
+    averaged["count"] += 1
+    return averaged
+
+
+def evaluate_average(
+    model: models.VideoModel, averaged: dict[str, Any], files: list[str], cfg: TrainConfig, device: torch.device
+) -> tuple[dict[str, Any], dict[str, Tensor], Predictions | None]:
+    """Evaluate the averaged weights (then restore the trained ones): metrics, the averaged state and
+    its predictions (rank 0)."""
+    trained = cpu_state(model)
+    n = averaged["count"]
+    avg = {k: (v / n).to(trained[k].dtype) if v.is_floating_point() else v for k, v in averaged["sum"].items()}
+    model.load_state_dict(avg)
+    metrics, predictions = evaluate_globally(model, files, cfg, device)
+    model.load_state_dict(trained)
+    return metrics, avg, predictions
+
+
+__all__ = ["Evaluation", "accumulate_average", "evaluate", "evaluate_average", "evaluate_globally", "merged_metrics"]
