@@ -100,3 +100,24 @@ def test_summary_nan_is_null_and_a_renamed_key_fails(tmp_path: Path) -> None:
     raw["best"]["size"] = raw["best"].pop("size_bytes")
     with pytest.raises(results.ResultsError, match="best: missing size_bytes; unknown size"):
         results.parse_summary(raw)
+
+
+def test_a_table_from_before_trials_were_numbered_reads_in_line_order(tmp_path: Path) -> None:
+    lines = results.trials_text([row(0), row(1, TrialState.STOPPED)]).splitlines()
+    old = "\n".join(",".join(line.split(",")[1:]) if i == 0 else line.split(",", 1)[1] for i, line in
+                    enumerate(lines))  # fmt: skip
+    back = results.parse_trials(old + "\n")
+    assert [(r.number, r.trial_id, r.state) for r in back] == [(0, "t000", TrialState.COMPLETE),
+                                                             (1, "t001", TrialState.STOPPED)]
+
+
+def test_float_fields_written_as_null_read_back_as_nan() -> None:
+    entry = dict(members=[], weights=[], models=[], member_gaps=[], member_bytes=[], gap=math.nan,
+                 selection_gap=math.nan, best_single={}, hit_at_one=math.nan, perr=0.5, map=None,
+                 validation_videos=0, size_bytes=0, file_bytes=0, budget_bytes=1, storage_dtype="bfloat16", path="",
+                 format_version=2, strategy="greedy", curve=[], steps=[], local_moves=[], candidates=0,
+                 evaluations=0, selection_seconds=0.0, seconds=0.0, notes=[])
+    raw = results.summary_dict(summary(ensemble=results.EnsembleSummary(**entry)))
+    assert raw["ensemble"]["gap"] is None
+    back = results.parse_summary(json.loads(json.dumps(raw))).ensemble
+    assert math.isnan(back.gap) and math.isnan(back.hit_at_one) and back.perr == 0.5 and back.map is None

@@ -213,7 +213,8 @@ class BestArtifacts:
     predictions: Predictions = field(repr=False)
 
 
-def _check_same_write(best_dir: str, ids: Mapping[str, str]) -> None:
+def check_same_write(best_dir: str, ids: Mapping[str, str]) -> None:
+    """ArtifactError unless every file named in ``ids`` (file name -> its write id) comes from one write."""
     if len(set(ids.values())) > 1:
         found = ", ".join(f"{name} from {value or 'an untagged write'}" for name, value in ids.items())
         raise ArtifactError(f"{best_dir}: the files come from different writes ({found}): the trial is still "
@@ -228,7 +229,7 @@ def read_best(best_dir: str, *, with_predictions: bool = True) -> BestArtifacts:
     predictions = Predictions([], np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32), [])
     if with_predictions:
         predictions, ids[PREDICTIONS_FILE] = read_predictions(fs.join(best_dir, PREDICTIONS_FILE))
-    _check_same_write(best_dir, ids)
+    check_same_write(best_dir, ids)
     return BestArtifacts(meta, state_dict, predictions)
 
 
@@ -250,6 +251,7 @@ __all__ = [
     "BestArtifacts",
     "Predictions",
     "TrialMeta",
+    "check_same_write",
     "load_model",
     "new_write_id",
     "read_best",

@@ -21,7 +21,7 @@ only torch.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from yt8m_search import models
 from yt8m_search.constants import NUM_CLASSES
 from yt8m_search.data import fs
+from yt8m_search.data.batch import VideoBatch
+from yt8m_search.metrics import MetricAccumulator
 
 __all__ = [
     "BUNDLE_NAME",
@@ -40,6 +42,7 @@ __all__ = [
     "BundleError",
     "BundleMember",
     "BundleTooLargeError",
+    "evaluate_bundle",
     "export_bundle",
     "load_bundle",
     "resolve_device",
@@ -240,3 +243,18 @@ def load_bundle(path: str, device: str | torch.device = "cpu") -> Bundle:
     info["members"] = [{k: v for k, v in m.items() if k != "state_dict"} for m in blob["members"]]
     bundle = Bundle(built, [m["weight"] for m in blob["members"]], info)
     return bundle.to(device).eval()
+
+
+def evaluate_bundle(bundle: Bundle, batches: Iterable[VideoBatch], *, top_k: int = 20) -> dict[str, Any]:
+    """``{"gap", "hit_at_one", "perr", "map", "videos"}`` of ``bundle`` (``load_bundle``)
+    over ``batches``; probabilities in float32 (bf16 outputs would create ties, spec §2.3)."""
+    device = next(bundle.parameters()).device
+    acc = MetricAccumulator(num_classes=bundle.num_classes, top_k=top_k)
+    with torch.inference_mode():
+        for batch in batches:
+            batch = batch.to(device)
+            probs = bundle.predict(batch.features, batch.mask).float()
+            acc.update(probs.cpu().numpy(), batch.labels.cpu().numpy())
+    if acc.num_videos == 0:
+        raise ValueError("no videos to evaluate")
+    return {**acc.result(), "videos": acc.num_videos}

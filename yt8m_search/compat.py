@@ -23,6 +23,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("ray.tune.search.optuna", "OptunaSearch._ot_trials"),
     ("ray.tune.search.optuna", "OptunaSearch._completed_trials"),
     ("ray.air.integrations.wandb", "_WandbLoggingActor"),
+    ("ray.air.integrations.wandb", "WandbLoggerCallback._logger_actor_cls"),
     ("ray.air.integrations.wandb", "_WandbLoggingActor._handle_result"),
     ("ray.air.integrations.wandb", "_QueueItem"),
 )
@@ -82,6 +83,14 @@ def wandb_logging_actor_class() -> type:
 # result into (metrics logged, config update).
 
 
+def wandb_callback_class(actor_cls: type) -> type:
+    """A subclass of Ray's ``WandbLoggerCallback`` whose per-trial actor is ``actor_cls`` (the class
+    attribute Ray reads for it is private)."""
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    return type("WandbLoggerCallbackWithActor", (WandbLoggerCallback,), {"_logger_actor_cls": actor_cls})
+
+
 def wandb_queue_item_kinds() -> Any:
     """Ray's ``_QueueItem`` enum."""
     from ray.air.integrations import wandb as ray_wandb
@@ -132,5 +141,15 @@ def missing_private_names() -> list[str]:
     return missing
 
 
-__all__ = ["PRIVATE_NAMES", "foreach_mul_", "foreach_norm", "missing_private_names", "optuna_study",
-           "tell_optuna_pruned", "wandb_actor_split_result", "wandb_logging_actor_class", "wandb_queue_item_kinds"]
+__all__ = [
+    "PRIVATE_NAMES",
+    "foreach_mul_",
+    "foreach_norm",
+    "missing_private_names",
+    "optuna_study",
+    "tell_optuna_pruned",
+    "wandb_actor_split_result",
+    "wandb_callback_class",
+    "wandb_logging_actor_class",
+    "wandb_queue_item_kinds",
+]

@@ -13,33 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import torch
-
-from yt8m_search.bundle import Bundle, load_bundle, resolve_device
-from yt8m_search.data.batch import VideoBatch
+from yt8m_search.bundle import evaluate_bundle, load_bundle, resolve_device
 from yt8m_search.data.inference import data_files, iter_batches
-from yt8m_search.metrics import MetricAccumulator
 from yt8m_search.predict import common_arguments
 
 __all__ = ["evaluate_bundle", "main"]
-
-
-def evaluate_bundle(bundle: Bundle, batches: Iterable[VideoBatch], *, top_k: int = 20) -> dict[str, Any]:
-    """``{"gap", "hit_at_one", "perr", "map", "videos"}`` of ``bundle`` (``bundle.load_bundle``)
-    over ``batches``; probabilities in float32 (bf16 outputs would create ties, spec §2.3)."""
-    device = next(bundle.parameters()).device
-    acc = MetricAccumulator(num_classes=bundle.num_classes, top_k=top_k)
-    with torch.inference_mode():
-        for batch in batches:
-            batch = batch.to(device)
-            probs = bundle.predict(batch.features, batch.mask).float()
-            acc.update(probs.cpu().numpy(), batch.labels.cpu().numpy())
-    if acc.num_videos == 0:
-        raise ValueError("no videos to evaluate")
-    return {**acc.result(), "videos": acc.num_videos}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,7 +68,7 @@ class TrialRow:
     epochs: int
     best_epoch: int
     params: int
-    size_bytes: int  # -1: unknown (the configuration is not a valid model)
+    size_bytes: int  # analytic stored size; 0 when the configuration is not a valid model
     samples_per_s: float
     checkpoint: str  # the trial's best/ folder
     predictions: str  # its validation predictions
@@ -146,12 +146,16 @@ def _number(text: str, kind: type, where: str) -> Any:
 def parse_trials(text: str, source: str = TRIALS_FILE) -> list[TrialRow]:
     """``trials.csv`` text back to rows; ``ResultsError`` for a missing column or a bad value."""
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in _COLUMNS if c not in (reader.fieldnames or [])]
+    # a table from before trials were numbered lists them in creation order: its line order is their number
+    numbered = "number" in (reader.fieldnames or [])
+    missing = [c for c in _COLUMNS if c not in (reader.fieldnames or []) and c != "number"]
     if missing:
         raise ResultsError(f"{source}: missing column(s) {', '.join(missing)} (written by another version?)")
     rows = []
     for line, record in enumerate(reader, start=2):
         where = f"{source}, line {line}"
+        if not numbered:
+            record["number"] = str(line - 2)
         values: dict[str, Any] = {c: record[c] for c in _COLUMNS}
         for name in _INTS:
             values[name] = _number(record[name], int, f"{where}, {name}")
@@ -333,11 +337,9 @@ def _record(cls: type, raw: Any, where: str) -> Any:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"unknown {', '.join(unknown)}"] if unknown else [])
         raise ResultsError(f"{where}: {'; '.join(parts)}")
-    return {n: raw[n] for n in names if n in raw}
-
-
-def _nan(value: Any) -> float:
-    return math.nan if value is None else float(value)
+    # a float written as null (NaN: no value) reads back as NaN; fields typed "float | None" keep None
+    floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
+    return {n: (math.nan if n in floats and raw[n] is None else raw[n]) for n in names if n in raw}
 
 
 def parse_summary(raw: Any, source: str = SUMMARY_FILE) -> RunSummary:
@@ -345,8 +347,7 @@ def parse_summary(raw: Any, source: str = SUMMARY_FILE) -> RunSummary:
     values["budget"] = BudgetSummary(**_record(BudgetSummary, values["budget"], f"{source}: budget"))
     values["data"] = DataSummary(**_record(DataSummary, values["data"], f"{source}: data"))
     if values["best"] is not None:
-        best = _record(BestTrial, values["best"], f"{source}: best")
-        values["best"] = BestTrial(**{**best, "gap": _nan(best["gap"])})
+        values["best"] = BestTrial(**_record(BestTrial, values["best"], f"{source}: best"))
     ensemble = values.get("ensemble")
     if isinstance(ensemble, Mapping) and set(ensemble) == {"error"}:
         values["ensemble"] = EnsembleFailure(str(ensemble["error"]))

@@ -51,8 +51,7 @@ class _TrialLoggingActor(compat.wandb_logging_actor_class()):  # type: ignore[mi
         super().__init__(*args, **kwargs)
 
 
-class SweepWandbCallback(WandbLoggerCallback):
-    _logger_actor_cls = _TrialLoggingActor
+class SweepWandbCallback(compat.wandb_callback_class(_TrialLoggingActor)):  # type: ignore[misc]
     # result keys copied into the run's config: the model's size next to its hyperparameters
     AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, "params", "size_bytes"]
 

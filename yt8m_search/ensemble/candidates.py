@@ -99,14 +99,9 @@ def _load_trial(row: results.TrialRow, predictions_path: str, checkpoint: str, d
     try:
         meta = artifacts.read_meta(checkpoint)
         predictions, write_id = artifacts.read_predictions(predictions_path)
+        artifacts.check_same_write(checkpoint, {artifacts.META_FILE: meta.write_id, predictions_path: write_id})
     except artifacts.ArtifactError as err:
         raise EnsembleError(f"trial {row.trial_id}: {err}") from err
-    if write_id != meta.write_id:
-        raise EnsembleError(
-            f"trial {row.trial_id}: {predictions_path} comes from {write_id or 'an untagged write'} and "
-            f"{fs.join(checkpoint, artifacts.META_FILE)} from {meta.write_id or 'an untagged write'}: the trial "
-            "is still writing its best epoch, or a write was cut short"
-        )
     ids = np.asarray(predictions.ids, dtype=object)
     order = np.argsort(ids, kind="stable")
     ids = ids[order]

@@ -10,9 +10,10 @@ that GAP is the step's ``gap``, the selection's sparse estimate its ``selection_
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,6 @@ from yt8m_search.data.inference import DEFAULT_BATCH_SIZE, data_files, iter_batc
 from yt8m_search.ensemble.candidates import Candidate, load_candidates
 from yt8m_search.ensemble.errors import BudgetError, BundleTooLargeError, EnsembleError
 from yt8m_search.ensemble.selection import DEFAULT_BUDGET, Selection, select
-from yt8m_search.evaluate import evaluate_bundle
 
 __all__ = ["export_bundle", "run"]
 
@@ -176,6 +176,26 @@ def run(
     """
     say = log or (lambda _: None)
     started = time.perf_counter()
+    with _as_ensemble_errors():
+        return _run(run_dir, budget, started, say, output=output, validation=validation, device=device,
+                    batch_size=batch_size, workers=workers, local_search=local_search, progress=progress)
+
+
+@contextlib.contextmanager
+def _as_ensemble_errors() -> Iterator[None]:
+    """An unreadable results file or bundle is the step's failure (``EnsembleError``), which the
+    sweep records instead of failing as a whole."""
+    try:
+        yield
+    except EnsembleError:
+        raise
+    except (results.ResultsError, bundle.BundleError, artifacts.ArtifactError) as err:
+        raise EnsembleError(str(err)) from err
+
+
+def _run(run_dir: str, budget: int | None, started: float, say: Log, *, output: str | None, validation: str | None,
+         device: str | None, batch_size: int | None, workers: int | None, local_search: bool,
+         progress: bool) -> results.EnsembleSummary:
     settings = _settings(run_dir, budget, validation)
     candidates = load_candidates(run_dir, storage_dtype=settings.dtype)
     path = output or fs.join(run_dir, bundle.BUNDLE_NAME)
@@ -188,7 +208,7 @@ def run(
     batches = iter_batches(settings.validation, batch_size=batch_size or DEFAULT_BATCH_SIZE,
                            num_classes=loaded.num_classes, progress=progress, desc="re-score",
                            dequantize=torch.device(device).type == "cpu")
-    metrics = evaluate_bundle(loaded, batches)
+    metrics = bundle.evaluate_bundle(loaded, batches)
     expected = len(candidates[0].video_ids)
     notes = [n for c in selection.members for n in c.notes]
     if metrics["videos"] != expected:

@@ -5,8 +5,8 @@ checkpoint (model, optimizer, epoch, examples seen, RNG state) reported to Ray T
 (``checkpoints``), and, when the epoch is the best so far, the model, its meta and its validation
 predictions written to ``<run>/best/`` through ``artifacts.write_best``.
 
-Ray is imported inside the functions that run on a worker: the recipe and evaluation (used by the
-ensemble step, the tests and the benchmarks) then load without it.
+Ray is imported inside the functions that run on a worker: ``import yt8m_search.train`` (the recipe
+and evaluation, which the tests and benchmarks use on their own) then loads without it.
 """
 
 from __future__ import annotations

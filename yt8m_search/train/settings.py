@@ -42,20 +42,11 @@ class TrainConfig(TrialSettings):
             raise ValueError("invalid training config: " + "; ".join(errors))
 
     @classmethod
-    def from_settings(
-        cls,
-        settings: TrialSettings,
-        *,
-        model: str,
-        hparams: dict[str, Any] | None = None,
-        storage_dtype: str = "bfloat16",
-        seed: int = 0,
-        pca_eigenvals: str | None = None,
-    ) -> TrainConfig:
-        """A trial's settings (``spec.trial.replace(**sampled)``) with its model."""
+    def from_settings(cls, settings: TrialSettings, *, model: str, **extra: Any) -> TrainConfig:
+        """A trial's settings (``spec.trial.replace(**sampled)``) with its model and ``extra`` fields
+        of this class (``hparams``, ``storage_dtype``, ``seed``, ``pca_eigenvals``)."""
         values = {name: getattr(settings, name) for name in TrialSettings.names()}
-        return cls(model=model, hparams=dict(hparams or {}), storage_dtype=storage_dtype, seed=seed,
-                   pca_eigenvals=pca_eigenvals, **values)
+        return cls(model=model, **extra, **values)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
