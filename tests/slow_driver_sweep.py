@@ -2,7 +2,7 @@
 
     python tests/slow_driver_sweep.py OUT_DIR
 
-Two trials, one after the other, each a TorchTrainer run through ``search.relay_to_tune``:
+Two trials, one after the other, each a TorchTrainer run relayed by ``train.relay_reports``:
 ``ok`` reports epochs 1 and 2; ``fails`` reports epoch 1, then its loop raises. A Tune callback
 holds the driver for 8 s on every epoch-1 result, so a trial's second report and the end of its
 ``fit`` both come before Tune asks for its next result (the order that left a trial hanging with
@@ -33,17 +33,18 @@ def loop(config: dict[str, Any]) -> None:
 
 def trainable(config: dict[str, Any]) -> None:
     import ray.train
+    from ray import tune
     from ray.train.torch import TorchTrainer
 
-    from yt8m_search.search import relay_to_tune
+    from yt8m_search.train import relay_reports
 
-    relay_to_tune(lambda callback: TorchTrainer(
+    relay_reports(lambda callback: TorchTrainer(
         loop,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(name=config["kind"], storage_path=config["storage"], callbacks=[callback],
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
-    ).fit())
+    ).fit(), tune.report)
 
 
 def main(out: Path) -> None:

@@ -25,6 +25,7 @@ PURE = [
     "yt8m_search.data.synthetic",
     "yt8m_search.data.batch",
     "yt8m_search.data.inference",
+    "yt8m_search.data.cache",
 ]
 FRAMEWORKS = ("ray", "optuna", "wandb")
 WORKER_LOOP = "train_loop_per_worker"

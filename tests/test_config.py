@@ -9,6 +9,7 @@ import pytest
 
 from yt8m_search import config
 from yt8m_search.config import TrialSettings
+from yt8m_search.data.cache import ShardCache
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 
@@ -180,3 +181,46 @@ def test_reverse_whitening_needs_the_eigenvalues_file(tmp_path: Path) -> None:
 def test_the_old_eigenvalues_hyperparameter_points_to_its_new_place() -> None:
     space = {**MINIMAL, "model": {"family": "nextvlad", "hparams": {"pca_eigenvals": "/x.npy"}}}
     assert "data.pca_eigenvals with reverse_whitening: true" in _errors(space)
+
+
+# ---------------------------------------------------------------------------------------------
+# data.shard_cache: the node-local cache of remote shards (off unless asked for)
+
+
+def _with_shard_cache(value: Any) -> dict[str, Any]:
+    return {**MINIMAL, "data": {**MINIMAL["data"], "shard_cache": value}}
+
+
+def test_the_shard_cache_is_off_by_default_and_opt_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert config.parse(MINIMAL).data.shard_cache is None
+    assert config.parse(_with_shard_cache(None)).data.shard_cache is None
+    assert config.parse(_with_shard_cache(False)).data.shard_cache is None
+    default = config.parse(_with_shard_cache(True)).data.shard_cache
+    assert default == ShardCache(str(tmp_path / ".cache/yt8m_search/shards"), 50 * 10**9)
+    chosen = config.parse(_with_shard_cache({"dir": "~/shards", "max_gb": 0.5})).data.shard_cache
+    assert chosen == ShardCache(str(tmp_path / "shards"), 5 * 10**8)
+    monkeypatch.chdir(tmp_path)  # a relative folder is made absolute: Ray workers run elsewhere
+    assert config.parse(_with_shard_cache({"dir": "rel"})).data.shard_cache == ShardCache(
+        str(tmp_path / "rel"), 50 * 10**9)
+
+
+def test_shard_cache_overrides_switch_it_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    spec = config.load(SMOKE, [f"data.shard_cache.dir={tmp_path}/c", "data.shard_cache.max_gb=2"])
+    assert spec.data.shard_cache == ShardCache(f"{tmp_path}/c", 2 * 10**9)
+    assert config.load(SMOKE, ["data.shard_cache=true"]).data.shard_cache is not None
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (5, "data.shard_cache: expected true, false, null or a mapping with dir and max_gb, got 5"),
+    ({"size": 1}, "data.shard_cache.size: unknown key (valid: dir, max_gb)"),
+    ({"dir": 3}, "data.shard_cache.dir: expected a string, got 3"),
+    ({"dir": "s3://b/cache"}, "data.shard_cache.dir: must be a local directory, got 's3://b/cache'"),
+    ({"max_gb": 0}, "data.shard_cache.max_gb: expected a positive number of gigabytes (10^9 bytes), got 0"),
+    ({"max_gb": "lots"}, "data.shard_cache.max_gb: expected a positive number of gigabytes"),
+    ({"max_gb": float("inf")}, "data.shard_cache.max_gb: expected a positive number of gigabytes"),
+    ({"max_gb": True}, "data.shard_cache.max_gb: expected a positive number of gigabytes"),
+])
+def test_a_bad_shard_cache_is_reported_with_its_key_path(value: Any, message: str) -> None:
+    assert message in _errors(_with_shard_cache(value))

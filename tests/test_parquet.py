@@ -13,6 +13,7 @@ import pytest
 from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, MAX_FRAMES, RGB_DIM
 from yt8m_search.data import CorruptRecordError, QuantizedVideo, fs, read_frame_level, write_frame_level
 from yt8m_search.data.parquet import (
+    COMPRESSION,
     FRAME_SCHEMA,
     VIDEO_SCHEMA,
     convert,
@@ -198,6 +199,38 @@ def test_cli(tmp_path: Path, shards: list[str], capsys: pytest.CaptureFixture[st
     Path(shards[0]).write_bytes(b"garbage that is not a tfrecord file")
     assert main([shards[0], "--output", str(tmp_path / "pq2"), "--no-progress"]) == 2
     assert "not a TFRecord file?" in capsys.readouterr().err
+
+
+def _codecs(path: Path) -> set[str]:
+    meta = pq.ParquetFile(path).metadata
+    return {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
+            for c in range(meta.num_columns)}
+
+
+def test_default_codec_is_none_and_zstd_shards_still_read(tmp_path: Path, shards: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Shards are written uncompressed (decoding is the loader's cost; frames barely compress), and
+    shards written with zstd before still read, through every reader, and count as converted."""
+    import pyarrow as pa
+
+    from yt8m_search.data.batch import collate_table
+    from yt8m_search.data.loading import _read_shards
+
+    assert COMPRESSION == "none"
+    convert(shards[0], str(tmp_path / "new"), workers=1, progress=False)
+    convert(shards[0], str(tmp_path / "old"), workers=1, progress=False, compression="zstd")
+    new, old = tmp_path / "new" / "train0000.parquet", tmp_path / "old" / "train0000.parquet"
+    assert _codecs(new) == {"UNCOMPRESSED"} and _codecs(old) == {"ZSTD"}
+    _assert_same(str(old), [shards[0]])
+    assert pq.read_table(old).equals(pq.read_table(new))
+    read = [pa.concat_tables(_read_shards(pa.table({"path": [str(p)]}))) for p in (new, old)]  # memory-mapped
+    assert read[0].equals(read[1]) and read[0].num_rows == 9
+    a, b = (collate_table(t, num_classes=3862) for t in read)
+    assert a.ids == b.ids and np.array_equal(a.features.numpy(), b.features.numpy())
+    again = convert(shards[0], str(tmp_path / "old"), workers=1, progress=False)  # default codec: resumes
+    assert [s.status for s in again.shards] == ["skipped"] and _codecs(old) == {"ZSTD"}
+    assert main([shards[1], "--output", str(tmp_path / "cli"), "--compression", "lz4", "--no-progress"]) == 0
+    assert _codecs(tmp_path / "cli" / "train0001.parquet") == {"LZ4"} and "1 converted" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -235,6 +235,9 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
 
     resumed = run_sweep_to_the_end([*command, "--resume"], tmp_path / "resumed.log")
     assert re.search(r"^\[00:[0-2]\d\] ", resumed, re.MULTILINE), resumed  # the clock restarts: not the killed run's
+    # a clean terminal: the live line and the summary; Ray's, Tune's, W&B's and Optuna's output is in run.log
+    assert not re.search(r"WARNING|performance bottleneck|\(raylet\)|Traceback", resumed), resumed
+    assert f"log: {out / 'run.log'}" in resumed and "Wrote the latest version" in (out / "run.log").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] == 4 and sum(summary["trials"].values()) == 4
     _assert_tune_creation_order(out, list(csv.DictReader((out / "trials.csv").open())))  # survives --resume

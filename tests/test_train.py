@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def test_failed_runs_and_killed_workers_resume_from_the_last_checkpoint(
 ) -> None:
     import ray.train
 
+    # A TorchTrainer run (in_process=False: one worker, as Train runs it):
     # 1. A run that fails for good (a worker killed in epoch 2, no restarts allowed), then is
     #    started again under its name, as a Tune-level retry does: it continues after epoch 1.
     # 2. In that second run a worker is killed in epoch 3: Ray Train restarts it from epoch 2.
@@ -212,14 +214,14 @@ def test_failed_runs_and_killed_workers_resume_from_the_last_checkpoint(
     first_fault = KillOnce(epoch=2, step=2, rank=0, marker=str(tmp_path / "killed-1"))
     with pytest.raises(ray.train.TrainingFailedError):
         fit(_config(epochs=3, max_failures=0), small_data.train, small_data.validation, str(tmp_path), "faulty",
-            hooks=first_fault)
+            hooks=first_fault, in_process=False)
     first = epoch_checkpoints(str(tmp_path / "faulty"))
     assert [Path(p).name for p in first] == ["epoch_001"]
     epoch_one = torch.load(Path(first[0]) / CHECKPOINT_FILE, weights_only=False)["history"][0]
 
     second_fault = KillOnce(epoch=3, step=1, rank=0, marker=str(tmp_path / "killed-2"))
     result = fit(_config(epochs=3, max_failures=1), small_data.train, small_data.validation, str(tmp_path), "faulty",
-                 hooks=second_fault)
+                 hooks=second_fault, in_process=False)
     assert (tmp_path / "killed-2").exists()  # the worker really was killed mid-epoch
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # each epoch once
     assert result.history[0] == epoch_one  # epoch 1 not trained again: its record, timings included
@@ -227,6 +229,42 @@ def test_failed_runs_and_killed_workers_resume_from_the_last_checkpoint(
     assert [h["examples_seen"] for h in result.history] == [steps_per_epoch * e for e in (1, 2, 3)]
     assert Path(epoch_checkpoints(str(tmp_path / "faulty"))[0]).name == "epoch_003"
     assert epoch_checkpoints(str(tmp_path / "never-ran")) == []
+
+
+@pytest.mark.slow
+def test_a_killed_in_process_trial_is_retried_by_tune_from_its_checkpoint(
+    ray_local: None, small_data: DataPaths, tmp_path: Path
+) -> None:
+    """A one-worker trial trains inside its Tune trial's process: when that process is killed in
+    epoch 2, Tune's retry starts the trial again and it continues after epoch 1, each epoch reported
+    once per attempt and trained once."""
+    from ray import tune
+
+    fault = KillOnce(epoch=2, step=1, rank=0, marker=str(tmp_path / "killed"))
+    cfg = _config(epochs=3, keep_checkpoints=1)
+    data, storage = small_data, str(tmp_path / "trials")
+    seen: list[tuple[int, int]] = []
+
+    class Seen(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: list, trial: object, result: dict, **info: object) -> None:
+            seen.append((result["epoch"], result["examples_seen"]))
+
+    def trainable(config: dict) -> None:
+        fit(cfg, data.train, data.validation, storage, "faulty", report=tune.report, hooks=fault)
+
+    results = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.5}),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="tune", verbose=0, callbacks=[Seen()],
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    ).fit()
+    assert not results.errors and (tmp_path / "killed").exists()  # the trial's process really was killed
+    assert int((tmp_path / "killed").read_text()) != os.getpid()  # ... and it was not this one
+    per_epoch = seen[0][1]
+    assert seen == [(1, per_epoch), (2, 2 * per_epoch), (3, 3 * per_epoch)]  # epoch 1 not trained again
+    history = json.loads((tmp_path / "trials" / "faulty" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    # the trial wrote its own checkpoints, in Train's layout, keeping the newest one
+    assert [Path(p).name for p in epoch_checkpoints(storage + "/faulty")] == ["epoch_003"]
 
 
 def test_resume_skips_a_checkpoint_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

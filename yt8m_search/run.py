@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 
-from yt8m_search import config, report, results
+from yt8m_search import config, logs, report, results
 from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths, synthetic_dataset
 
@@ -103,41 +104,69 @@ def _describe(d: config.Distribution) -> str:
     return f"[{d.low}, {d.high}]" + (" log" if d.log else "") + (f" step {d.step}" if d.step else "")
 
 
-def _init_ray() -> None:
+def _init_ray() -> bool:
+    """Start Ray (or join the cluster of ``ray job submit``) unless it runs already; True when this
+    call started it."""
     import ray  # lazy: see the module docstring
 
     if ray.is_initialized():
-        return
-    env = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "WANDB_SILENT": "true"}
+        return False
+    # the trials' processes: no Ray Data progress bars (the driver's DataContext does not reach them;
+    # in the run's log they were 12,000 blank lines and redraws per smoke sweep)
+    env = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "WANDB_SILENT": "true", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.update({k: os.environ[k] for k in ("WANDB_MODE", "AWS_ENDPOINT_URL") if k in os.environ})
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join the cluster
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=False)
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=False)  # a cluster's workers stay in their own logs
     else:
         from yt8m_search.train import LOCAL_TRAIN_ENV
 
         env.update({k: os.environ.get(k, v) for k, v in LOCAL_TRAIN_ENV.items()})
-        ray.init(num_cpus=os.cpu_count(), log_to_driver=False,  # the dashboard serves the state API Train V2 needs
+        # the trials' output reaches the run's log through the driver (logs.to_file), not the terminal,
+        # so without colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        ray.init(num_cpus=os.cpu_count(), log_to_driver=True,  # the dashboard serves the state API Train V2 needs
                  runtime_env={"env_vars": env})
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    return True
+
+
+def log_path(spec: config.Spec, run_dir: str) -> str:
+    """The sweep's log file: ``run.log`` in a local run folder; for a remote one, a local file (the
+    log is written line by line, which object stores do not do)."""
+    if fs.is_local(run_dir):
+        return os.path.join(run_dir, "run.log")
+    return os.path.join(tempfile.gettempdir(), "yt8m_search", spec.name, "run.log")
 
 
 def sweep(spec: config.Spec, run_dir: str, resume: bool) -> results.RunSummary:
-    from ray import tune  # lazy: see the module docstring
+    import ray  # lazy: see the module docstring
+    from ray import tune
 
-    from yt8m_search import search, tracking
+    from yt8m_search import tracking
 
     experiment = fs.join(run_dir, "tune")
     if resume and not tune.Tuner.can_restore(experiment):
         raise UsageError(f"--resume: no sweep to resume in {run_dir}")
     if not resume and fs.exists(experiment):
         raise UsageError(f"{run_dir} already holds a sweep: pass --resume to continue it, or --output DIR")
-    data = prepare_data(spec.data)
+    data = prepare_data(spec.data)  # before the log takes the output: generating data shows its progress
     if tracking.wandb_mode(spec.wandb.mode) == "offline":
         os.environ["WANDB_MODE"] = "offline"  # before Ray starts, so the logging actors inherit it
-    _init_ray()
-    print(f"sweep {spec.name}: {spec.search.num_samples} trials -> {run_dir}", flush=True)
+    with logs.to_file(log_path(spec, run_dir)) as log:
+        logs.say(f"sweep {spec.name}: {spec.search.num_samples} trials -> {run_dir} (Ray, W&B, Optuna log to {log})")
+        started = _init_ray()
+        try:
+            return _sweep_and_report(spec, data, run_dir, resume)
+        finally:
+            if started:  # while the log has the output: Ray's farewells are no news to the user
+                ray.shutdown()
+
+
+def _sweep_and_report(spec: config.Spec, data: DataPaths, run_dir: str, resume: bool) -> results.RunSummary:
+    from yt8m_search import search  # lazy: see the module docstring
+
     rows = search.run_sweep(spec, data, run_dir, resume=resume)
     results.write_trials(rows, run_dir)
     study, _ = search.write_study(spec, rows, run_dir)
@@ -155,11 +184,11 @@ def _ensemble(run_dir: str) -> results.EnsembleSummary | results.EnsembleFailure
     try:
         return ensemble.run(run_dir)
     except ensemble.EnsembleError as err:  # e.g. no trained trial fits the budget: say so, keep the sweep
-        print(f"ensemble: {err}")
+        logs.say(f"ensemble: {err}")
         return results.EnsembleFailure(str(err))
 
 
-def print_summary(summary: results.RunSummary, run_dir: str) -> None:
+def print_summary(summary: results.RunSummary, run_dir: str, log: str | None = None) -> None:
     counts = ", ".join(f"{v} {k}" for k, v in summary.trials.items() if v)
     print(f"\ntrials: {counts}")
     best = summary.best
@@ -171,6 +200,8 @@ def print_summary(summary: results.RunSummary, run_dir: str) -> None:
         print(f"ensemble: {len(ens.members)} members, GAP {ens.gap:.4f}, "
               f"{ens.size_bytes / 1e6:.2f} MB of {ens.budget_bytes / 1e6:.2f} MB -> {ens.path}")
     print(f"run folder: {run_dir} (summary.json, trials.csv, report.html, optuna.journal)")
+    if log:
+        print(f"log: {log}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dry_run(spec)
             return 0
         summary = sweep(spec, run_dir, args.resume)
-        print_summary(summary, run_dir)
+        print_summary(summary, run_dir, log_path(spec, run_dir))
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

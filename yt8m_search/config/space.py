@@ -7,6 +7,8 @@ got 'x'``) and raises them together as ``SpecError``, before anything is started
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import yaml
 from yt8m_search.config.budget import check_eigenvalues, check_families, check_models
 from yt8m_search.config.checker import Checker, number
 from yt8m_search.config.spec import (
+    DEFAULT_SHARD_CACHE,
+    DEFAULT_SHARD_CACHE_GB,
     SAMPLERS,
     AshaSpec,
     BudgetSpec,
@@ -30,6 +34,7 @@ from yt8m_search.config.spec import (
 )
 from yt8m_search.config.trial import TrialSettings
 from yt8m_search.constants import MAX_FRAMES
+from yt8m_search.data.cache import ShardCache
 
 _DIST_KEYS = ("choice", "int", "float", "logfloat")
 _SECTIONS = ["data", "model", "trial", "search", "budget", "storage", "wandb"]
@@ -49,8 +54,30 @@ def _synthetic_spec(raw: Any, check: Checker) -> SyntheticSpec:
     )
 
 
+def _shard_cache(raw: Any, check: Checker) -> ShardCache | None:
+    """``data.shard_cache``: absent, null or false (off), true (the defaults) or ``{dir, max_gb}``."""
+    if raw is None or raw is False:
+        return None
+    path = "data.shard_cache"
+    if raw is not True and not isinstance(raw, dict):
+        check.errors.append(f"{path}: expected true, false, null or a mapping with dir and max_gb, got {raw!r}")
+        return None
+    section = check.mapping({} if raw is True else raw, path, ["dir", "max_gb"])
+    directory = check.string(section, "dir", path, DEFAULT_SHARD_CACHE) or DEFAULT_SHARD_CACHE
+    if "://" in directory:  # each node's own disk: a remote cache of remote shards saves nothing
+        check.errors.append(f"{path}.dir: must be a local directory, got {directory!r}")
+        return None
+    gigabytes = number(section.get("max_gb", DEFAULT_SHARD_CACHE_GB))
+    if gigabytes is None or not math.isfinite(gigabytes) or int(gigabytes * 1e9) <= 0:
+        check.errors.append(f"{path}.max_gb: expected a positive number of gigabytes (10^9 bytes), "
+                            f"got {section.get('max_gb')!r}")
+        return None
+    # absolute on the driver: Ray workers run in other working directories
+    return ShardCache(os.path.abspath(os.path.expanduser(directory)), int(gigabytes * 1e9))
+
+
 def _data_spec(raw: Any, check: Checker) -> DataSpec:
-    section = check.mapping(raw, "data", ["train", "validation", "synthetic", "pca_eigenvals"])
+    section = check.mapping(raw, "data", ["train", "validation", "synthetic", "pca_eigenvals", "shard_cache"])
     synthetic = None
     if section.get("synthetic") is not None:  # `data.synthetic=null` switches to the given paths
         synthetic = _synthetic_spec(section["synthetic"], check)
@@ -61,7 +88,8 @@ def _data_spec(raw: Any, check: Checker) -> DataSpec:
     if synthetic is None and not (train and validation):
         check.errors.append("data: needs both train and validation Parquet paths, or a synthetic section")
     eigenvals = check.string(section, "pca_eigenvals", "data", None)
-    return DataSpec(train=train, validation=validation, synthetic=synthetic, pca_eigenvals=eigenvals)
+    return DataSpec(train=train, validation=validation, synthetic=synthetic, pca_eigenvals=eigenvals,
+                    shard_cache=_shard_cache(section.get("shard_cache"), check))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> list[str]:

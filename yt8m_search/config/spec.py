@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from yt8m_search.config.trial import TrialSettings
+from yt8m_search.data.cache import ShardCache
 
 DEFAULT_CACHE = "~/.cache/yt8m_search"
+DEFAULT_SHARD_CACHE = DEFAULT_CACHE + "/shards"
+DEFAULT_SHARD_CACHE_GB = 50.0
 
 
 class SpecError(ValueError):
@@ -51,12 +54,16 @@ class DataSpec:
 
     ``pca_eigenvals``: the YouTube-8M PCA eigenvalues (.npy) that NeXtVLAD's reverse whitening
     needs; the trainer reads it once per trial and copies it into the models (models take values,
-    never paths)."""
+    never paths).
+
+    ``shard_cache``: off (None) unless the space file asks for it; then remote shards are read from
+    S3 once per node into that local directory (see ``yt8m_search.data.cache``)."""
 
     train: str | None = None
     validation: str | None = None
     synthetic: SyntheticSpec | None = None
     pca_eigenvals: str | None = None
+    shard_cache: ShardCache | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,8 @@ class Spec:
 
 __all__ = [
     "DEFAULT_CACHE",
+    "DEFAULT_SHARD_CACHE",
+    "DEFAULT_SHARD_CACHE_GB",
     "SAMPLERS",
     "AshaSpec",
     "BudgetSpec",

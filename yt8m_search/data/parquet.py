@@ -44,6 +44,8 @@ __all__ = [
     "FRAME_SCHEMA",
     "VIDEO_SCHEMA",
     "ROW_GROUP_SIZE",
+    "BATCH_COLUMNS",
+    "COMPRESSION",
     "BadRecord",
     "ShardResult",
     "ConversionReport",
@@ -71,8 +73,20 @@ VIDEO_SCHEMA = pa.schema([
     pa.field("mean_audio", pa.list_(pa.float32(), AUDIO_DIM), nullable=False),
 ])
 
+# The frame-level columns a batch is built from (``yt8m_search.data.batch.collate_table``); defined
+# here, torch-free, for the loader's read tasks.
+BATCH_COLUMNS = ["id", "labels", "num_frames", "num_audio_frames", "rgb", "audio"]
+
 # ~256 x 350 KB = ~90 MB of frame bytes per row group: big enough for efficient scans, small enough to stream.
 ROW_GROUP_SIZE = 256
+
+# No codec by default. Quantized frames are close to incompressible: lz4 and snappy find nothing to
+# match (their files come out as large as uncompressed ones) and only zstd's entropy stage saves ~17%,
+# while decoding is the training loader's main cost: on one core, 500 synthetic videos (bench_loader)
+# read at 2,200 videos/s from zstd (104 MB), 8,000 from lz4 (126 MB), 7,500 from snappy (125 MB) and
+# 11,700 uncompressed (125 MB). A training node runs short of CPU long before disk or network.
+# Shards written with any codec (the earlier zstd ones included) read the same.
+COMPRESSION = "none"
 
 _FORMATS = {"frame": ("yt8m-frame-v1", FRAME_SCHEMA), "video": ("yt8m-video-v1", VIDEO_SCHEMA)}
 _META = "yt8m_search."
@@ -167,7 +181,7 @@ def plan(inputs: str | Sequence[str], output_dir: str) -> list[tuple[str, str]]:
 
 
 def convert(inputs: str | Sequence[str], output_dir: str, *, workers: int | None = None, skip_bad: bool = False,
-            progress: bool = True, level: str = "frame") -> ConversionReport:
+            progress: bool = True, level: str = "frame", compression: str = COMPRESSION) -> ConversionReport:
     """Convert TFRecord shards to one Parquet file per shard (``<stem>.parquet`` in ``output_dir``).
 
     Args:
@@ -177,6 +191,7 @@ def convert(inputs: str | Sequence[str], output_dir: str, *, workers: int | None
         skip_bad: skip and report corrupt records instead of failing on the first one.
         progress: show a tqdm bar over shards.
         level: "frame" (SequenceExample, FRAME_SCHEMA) or "video" (Example, VIDEO_SCHEMA).
+        compression: the Parquet codec (see ``COMPRESSION``); an existing verified shard is kept whatever its codec.
 
     Raises:
         CorruptRecordError: without ``skip_bad``, for the first corrupt record; its shard leaves no output.
@@ -192,22 +207,23 @@ def convert(inputs: str | Sequence[str], output_dir: str, *, workers: int | None
     try:
         if workers == 1:
             for i, (src, dst) in enumerate(pairs):
-                results[i] = convert_shard(src, dst, skip_bad, level)
+                results[i] = convert_shard(src, dst, skip_bad, level, compression)
                 advance_progress(bar, results[i])
         else:
-            _convert_parallel(pairs, workers, skip_bad, level, results, bar)
+            _convert_parallel(pairs, workers, skip_bad, level, compression, results, bar)
     finally:
         if bar is not None:
             bar.close()
     return ConversionReport([results[i] for i in range(len(pairs))], time.perf_counter() - start)
 
 
-def _convert_parallel(pairs: list[tuple[str, str]], workers: int, skip_bad: bool, level: str,
+def _convert_parallel(pairs: list[tuple[str, str]], workers: int, skip_bad: bool, level: str, compression: str,
                       results: dict[int, ShardResult], bar: Any) -> None:
     # spawn, not fork: forking a process whose pyarrow/S3 thread pools are running can deadlock the child.
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = {pool.submit(convert_shard, s, d, skip_bad, level): i for i, (s, d) in enumerate(pairs)}
+        futures = {pool.submit(convert_shard, s, d, skip_bad, level, compression): i
+                   for i, (s, d) in enumerate(pairs)}
         try:
             for future in cf.as_completed(futures):
                 results[futures[future]] = future.result()
@@ -231,7 +247,8 @@ def advance_progress(bar: Any, result: ShardResult) -> None:
         bar.set_postfix_str(f"{result.status} {fs.basename(result.source)}", refresh=False)
 
 
-def convert_shard(source: str, output: str, skip_bad: bool, level: str) -> ShardResult:
+def convert_shard(source: str, output: str, skip_bad: bool, level: str,
+                  compression: str = COMPRESSION) -> ShardResult:
     """Convert one shard, or skip it when a complete, verified output of the same source exists."""
     start = time.perf_counter()
     source_bytes = fs.file_size(source)
@@ -246,7 +263,8 @@ def convert_shard(source: str, output: str, skip_bad: bool, level: str) -> Shard
     with fs.atomic_output(output) as f:
         # No dictionaries or min/max statistics for the frame blobs: useless there and costly.
         small = [n for n in ("id", "num_frames", "num_audio_frames") if n in schema.names]
-        writer = pq.ParquetWriter(f, schema, compression="zstd", use_dictionary=False, write_statistics=small)
+        writer = pq.ParquetWriter(f, schema, compression=compression, use_dictionary=False,
+                                  write_statistics=small)
         try:
             for table in _tables(rows, schema):
                 writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
@@ -424,11 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
     parser.add_argument("--skip-bad", action="store_true", help="skip and report corrupt records")
     parser.add_argument("--level", choices=sorted(_FORMATS), default="frame")
+    parser.add_argument("--compression", choices=["none", "lz4", "snappy", "zstd"], default=COMPRESSION,
+                        help=f"Parquet codec (default {COMPRESSION}: frames barely compress, decoding costs CPU)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         report = convert(args.inputs, args.output, workers=args.workers, skip_bad=args.skip_bad,
-                         progress=not args.no_progress, level=args.level)
+                         progress=not args.no_progress, level=args.level, compression=args.compression)
     except (CorruptRecordError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,12 +1,12 @@
 """The sweep: Ray Tune trials proposed by Optuna (TPE, seeded, define-by-run), stopped by ASHA.
 
-Layers (Ray Train V2 pattern): ``train.train_loop_per_worker`` runs on every DDP worker;
-``trial.run_trial`` is one Tune trial, the Train driver that builds a TorchTrainer through
-``train.fit`` and relays its reports to Tune (``relay_to_tune``); ``tuner.run_sweep`` builds the
-Tuner and returns the trials table (``results.TrialRow``, in creation order).
+Layers: ``trial.run_trial`` is one Tune trial, which calls ``train.fit`` with ``tune.report``: a
+one-worker trial trains in the trial's own process, a multi-worker one through a TorchTrainer whose
+DDP workers each run ``train.train_loop_per_worker``; ``tuner.run_sweep`` builds the Tuner and
+returns the trials table (``results.TrialRow``, in creation order).
 
 - ``space``: the size-aware search space, the sampler and the searcher (ASHA-stopped trials PRUNED);
-- ``trial``: one trial (``SweepContext``, ``run_trial``, ``relay_to_tune``);
+- ``trial``: one trial (``SweepContext``, ``run_trial``, ``trial_resources``);
 - ``tuner``: the Tuner and the trials table (``run_sweep``, ``max_concurrent_trials``);
 - ``live``: trial states and the live status line;
 - ``study``: ``optuna.journal`` and the parameter importances;
@@ -34,7 +34,7 @@ from yt8m_search.search.space import (
 )
 from yt8m_search.search.study import importances, write_study
 from yt8m_search.search.summary import summarize
-from yt8m_search.search.trial import SweepContext, relay_to_tune, run_trial
+from yt8m_search.search.trial import SweepContext, run_trial, trial_resources
 from yt8m_search.search.tuner import max_concurrent_trials, run_sweep, trial_row, trial_rows
 
 __all__ = [
@@ -50,9 +50,9 @@ __all__ = [
     "make_searcher",
     "max_concurrent_trials",
     "model_of",
-    "relay_to_tune",
     "run_sweep",
     "run_trial",
+    "trial_resources",
     "sample",
     "summarize",
     "trial_row",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 from ray import tune
 
+from yt8m_search import logs
 from yt8m_search.results import LIVE_STATES, TrialState
 
 
@@ -27,7 +27,7 @@ def trial_state(status: str, result: dict[str, Any] | None, error: bool, epochs:
 
 class LiveView(tune.Callback):
     """One status line whenever the picture changes (at most every 2 s): trials by state and the
-    best GAP so far."""
+    best GAP so far; on the terminal (``logs.say``) unless given a ``stream``."""
 
     def __init__(self, epochs: int, stream: Any = None) -> None:
         self.epochs, self.stream = epochs, stream
@@ -59,5 +59,9 @@ class LiveView(tune.Callback):
         text, now = self.line(trials), time.monotonic()
         if force or (text != self.last and now - self.printed_at >= 2.0):
             elapsed = int(now - self.started)
-            print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", file=self.stream or sys.stdout, flush=True)
+            line = f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}"
+            if self.stream is None:
+                logs.say(line)
+            else:
+                print(line, file=self.stream, flush=True)
             self.last, self.printed_at = text, now

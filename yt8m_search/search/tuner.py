@@ -21,7 +21,7 @@ from yt8m_search.data.prepare import DataPaths
 from yt8m_search.results import TRAINED_STATES, TrialRow
 from yt8m_search.search.live import LiveView, trial_state
 from yt8m_search.search.space import NUMBER, make_searcher, model_of
-from yt8m_search.search.trial import SweepContext, run_trial
+from yt8m_search.search.trial import SweepContext, run_trial, trial_resources
 
 
 def max_concurrent_trials(spec: Spec) -> int:
@@ -79,7 +79,7 @@ def _new_tuner(spec: Spec, trainable: Any, run_dir: str) -> tune.Tuner:
 def run_sweep(spec: Spec, data: DataPaths, run_dir: str, *, resume: bool = False) -> list[TrialRow]:
     """Run (or resume) the sweep; return one row per trial, in creation order. Ray must be initialised."""
     context = SweepContext(spec=spec, data=data, run_dir=run_dir)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec.trial))
     experiment = fs.join(run_dir, "tune")
     if resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)

@@ -1,5 +1,8 @@
-"""The driver side of one trial: ``fit`` builds a TorchTrainer around the worker loop and returns
-the trial's result.
+"""The driver side of one trial: ``fit`` runs the worker loop and returns the trial's result.
+
+One worker: the loop runs in the calling process (``session.LocalSession``). Several: a
+TorchTrainer runs it on every worker (DDP), and ``relay_reports`` hands each of its reports to the
+caller's thread. Either way the caller sees one report per epoch through ``report``.
 
 It lists the shards once (workers never list storage), reads the PCA eigenvalues file when the model
 whitens its input back (models take values, never paths), and resumes automatically: the run name
@@ -11,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +23,10 @@ import numpy as np
 
 from yt8m_search import models
 from yt8m_search.data import fs
+from yt8m_search.data.cache import ShardCache
 from yt8m_search.data.loading import read_videos
-from yt8m_search.train.loop import StepHooks, train_loop_per_worker
+from yt8m_search.train.loop import StepHooks, run_loop, train_loop_per_worker
+from yt8m_search.train.session import LocalSession, Report, local_device
 from yt8m_search.train.settings import TrainConfig
 
 # Ray Train settings for every run (the calling process's environment; Train V2 passes these to its
@@ -59,30 +65,123 @@ def fit(
     storage_path: str,
     name: str,
     *,
-    callbacks: Sequence[Any] = (),
+    report: Report | None = None,
     hooks: StepHooks | None = None,
+    in_process: bool | None = None,
+    cache: ShardCache | None = None,
 ) -> TrialResult:
-    """Train ``cfg`` with a TorchTrainer; resume automatically from ``<storage_path>/<name>``.
+    """Train ``cfg``; resume automatically from ``<storage_path>/<name>``.
 
     Call with Ray initialised. The run name must be deterministic (no timestamps): a restarted
-    driver then finds and resumes the same run. ``hooks.on_step(epoch, step, rank)`` is called on
-    every worker before every step (tests inject faults this way)."""
+    driver then finds and resumes the same run. ``report(metrics)`` is called in this thread after
+    every epoch (a Tune trial passes ``tune.report``). ``in_process`` (default: one worker) runs the
+    loop here, else a TorchTrainer runs it; a killed in-process run is restarted by its caller (Tune's
+    ``max_failures``), a TorchTrainer's workers by Train (``cfg.max_failures``).
+    ``cache``: read remote shards through this node-local cache (``data.shard_cache``).
+    ``hooks.on_step(epoch, step, rank)`` is called before every step (tests inject faults this way)."""
     train_files, validation_files = _shards(train, validation)
     storage_path = os.path.abspath(storage_path) if fs.is_local(storage_path) else storage_path
-    for key, value in TRAIN_ENV.items():
-        os.environ.setdefault(key, value)  # a user's own setting wins
     loop_config = {
         "train": dataclasses.asdict(cfg),
         "validation_files": validation_files,
         "run_dir": fs.join(storage_path, name),
         "eigenvalues": _eigenvalues(cfg.pca_eigenvals) if cfg.reverse_whitening else None,
         "hooks": hooks,
+        "cache": cache,
     }
-    trainer = _trainer(cfg, loop_config, train_files, storage_path, name, callbacks)
-    result = trainer.fit()
+    if cfg.num_workers == 1 if in_process is None else in_process:
+        if cfg.num_workers != 1:
+            raise ValueError(f"an in-process run has one worker, not num_workers={cfg.num_workers}")
+        history = _fit_here(cfg, loop_config, train_files, report)
+    else:
+        history = relay_reports(lambda callback: _fit_trainer(cfg, loop_config, train_files, storage_path, name,
+                                                              callback), report)
+    if not history:
+        raise RuntimeError(f"{name}: the run ended without a report")
+    return TrialResult.from_report(history[-1], history)
+
+
+def _fit_here(cfg: TrainConfig, loop_config: dict[str, Any], train_files: list[str],
+              report: Report | None) -> list[dict[str, Any]]:
+    from ray.data import DataContext
+
+    # this process's datasets (training and every evaluation) copy the current context when made:
+    # no progress bars on a trial's stderr, which Ray forwards to the sweep's terminal
+    DataContext.get_current().enable_progress_bars = False
+    session = LocalSession(
+        run_dir=loop_config["run_dir"],
+        train_data=read_videos(train_files, shuffle=True, listed=True, cache=loop_config["cache"]),
+        keep=_checkpoints_kept(cfg),
+        on_report=report,
+        device=local_device(cfg.gpus_per_worker),
+    )
+    return run_loop(session, loop_config)
+
+
+def _fit_trainer(cfg: TrainConfig, loop_config: dict[str, Any], train_files: list[str], storage_path: str,
+                 name: str, callback: Any) -> list[dict[str, Any]]:
+    for key, value in TRAIN_ENV.items():
+        os.environ.setdefault(key, value)  # a user's own setting wins
+    result = _trainer(cfg, loop_config, train_files, storage_path, name, [callback]).fit()
     if result.error is not None:
         raise result.error
-    return TrialResult.from_report(result.metrics, list(result.return_value or []))
+    return list(result.return_value or [result.metrics])
+
+
+def relay_reports(run: Callable[[Any], Any], report: Report | None) -> Any:
+    """Run ``run(callback)`` (a TorchTrainer's ``fit`` with ``callback`` among its Train callbacks)
+    in a thread; call ``report`` with each of its reports from this thread, in order; return what
+    ``run`` returned, or re-raise what it raised.
+
+    Why not Ray's ``TuneReportCallback``: it hands reports to the Tune trial actor's *main* thread,
+    which puts them on the function session's one-slot result queue. When the driver is slow on
+    one result (another trial finishing beside it, a loaded machine), the next report and the end of
+    ``fit`` can both come first; the trainable's closing report then takes that slot and the main
+    thread blocks on it for ever (Ray 2.60): the trial never ends and neither does the sweep. Here
+    the caller's thread is the only one that reports, as Tune's function API expects.
+    """
+    from ray.util.queue import Queue
+
+    reports: Queue = Queue(actor_options={"num_cpus": 0})
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            outcome.append(run(_callback(reports)))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(error)
+        finally:
+            reports.put(_END)  # after every report: each put returned before the controller went on
+
+    thread = threading.Thread(target=train, name="train-fit", daemon=True)
+    thread.start()
+    while (metrics := reports.get()) != _END:
+        if report is not None:
+            report(metrics)  # tune.report blocks until Tune asks for the next result
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+_END = "end of the Train run"
+
+
+def _callback(reports: Any) -> Any:
+    """A Train controller callback putting each report's metrics (rank 0's, the ones every rank
+    agrees on) on ``reports``."""
+    from ray.train import UserCallback
+
+    class _ReportToQueue(UserCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            reports.put(dict(metrics[0]))
+
+    return _ReportToQueue()
+
+
+def _checkpoints_kept(cfg: TrainConfig) -> int:
+    return max(cfg.keep_checkpoints, cfg.average_last, 1)
 
 
 def _eigenvalues(path: str | None) -> np.ndarray:
@@ -107,7 +206,7 @@ def _shards(train: str | Sequence[str], validation: str | Sequence[str]) -> tupl
 
 def _trainer(
     cfg: TrainConfig, loop_config: dict[str, Any], train_files: list[str], storage_path: str, name: str,
-    callbacks: Sequence[Any],
+    callbacks: list[Any],
 ) -> Any:
     """The TorchTrainer of one trial (Ray is imported here: a driver-side call, made with Ray running)."""
     import ray.train
@@ -123,16 +222,16 @@ def _trainer(
             resources_per_worker={"CPU": cfg.cpus_per_worker, **gpus},
             placement_strategy=cfg.placement_strategy,
         ),
-        datasets={"train": lambda: read_videos(train_files, shuffle=True, listed=True)},
+        datasets={"train": lambda: read_videos(train_files, shuffle=True, listed=True, cache=loop_config["cache"])},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(cfg.keep_checkpoints, cfg.average_last, 1)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=_checkpoints_kept(cfg)),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            callbacks=list(callbacks),
+            callbacks=callbacks,
         ),
     )
 
 
-__all__ = ["LOCAL_TRAIN_ENV", "TRAIN_ENV", "TrialResult", "fit"]
+__all__ = ["LOCAL_TRAIN_ENV", "TRAIN_ENV", "TrialResult", "fit", "relay_reports"]

@@ -21,6 +21,7 @@ from yt8m_search import models
 from yt8m_search.artifacts import Predictions
 from yt8m_search.constants import NUM_CLASSES
 from yt8m_search.data.batch import VideoBatch
+from yt8m_search.data.cache import ShardCache
 from yt8m_search.data.loading import iter_video_batches, read_videos
 from yt8m_search.metrics import MetricAccumulator
 from yt8m_search.train.collective import broadcast, gather
@@ -86,15 +87,17 @@ def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
 
 
 def evaluate_globally(
-    model: models.VideoModel, files: list[str], cfg: TrainConfig, device: torch.device
+    model: models.VideoModel, files: list[str], cfg: TrainConfig, device: torch.device,
+    cache: ShardCache | None = None,
 ) -> tuple[dict[str, Any], Predictions | None]:
-    """Evaluate this worker's files and merge every worker's state on rank 0.
+    """Evaluate this worker's files (through the node's shard ``cache``, if any) and merge every
+    worker's state on rank 0.
 
     Returns the global metrics (on every rank) and the predictions (on rank 0, else None)."""
     batches: Iterable[VideoBatch] = []
     if files:
         batches = iter_video_batches(
-            read_videos(files, listed=True),  # listed by fit
+            read_videos(files, listed=True, cache=cache),  # listed by fit
             batch_size=cfg.eval_batch_size,
             num_classes=cfg.num_classes,
             pad_to=cfg.pad_to,
@@ -123,7 +126,8 @@ def accumulate_average(averaged: dict[str, Any] | None, model: nn.Module) -> dic
 
 
 def evaluate_average(
-    model: models.VideoModel, averaged: dict[str, Any], files: list[str], cfg: TrainConfig, device: torch.device
+    model: models.VideoModel, averaged: dict[str, Any], files: list[str], cfg: TrainConfig, device: torch.device,
+    cache: ShardCache | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor], Predictions | None]:
     """Evaluate the averaged weights (then restore the trained ones): metrics, the averaged state and
     its predictions (rank 0)."""
@@ -131,7 +135,7 @@ def evaluate_average(
     n = averaged["count"]
     avg = {k: (v / n).to(trained[k].dtype) if v.is_floating_point() else v for k, v in averaged["sum"].items()}
     model.load_state_dict(avg)
-    metrics, predictions = evaluate_globally(model, files, cfg, device)
+    metrics, predictions = evaluate_globally(model, files, cfg, device, cache)
     model.load_state_dict(trained)
     return metrics, avg, predictions
 

@@ -1,12 +1,13 @@
-"""The worker loop that Ray Train runs on every worker of a trial (DDP), one epoch at a time.
+"""The worker loop of a trial, one epoch at a time: on every Ray Train worker of a TorchTrainer
+(DDP), or in the trial's own process (``session.LocalSession``), the same code behind ``Session``.
 
 Every epoch: the training steps, evaluation over the whole validation set (``evaluation``), a
 checkpoint (model, optimizer, epoch, examples seen, RNG state) reported to Ray Train
 (``checkpoints``), and, when the epoch is the best so far, the model, its meta and its validation
 predictions written to ``<run>/best/`` through ``artifacts.write_best``.
 
-Ray is imported inside the functions that run on a worker: ``import yt8m_search.train`` (the recipe
-and evaluation, which the tests and benchmarks use on their own) then loads without it.
+Ray is imported only by the sessions, inside their methods: ``import yt8m_search.train`` (the
+recipe and evaluation, which the tests and benchmarks use on their own) loads without it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from yt8m_search import artifacts, models
 from yt8m_search.artifacts import Predictions, TrialMeta
 from yt8m_search.data import fs
+from yt8m_search.data.cache import ShardCache
 from yt8m_search.data.loading import iter_video_batches
 from yt8m_search.train.checkpoints import Progress, resume_state, save_checkpoint_dir, write_history
 from yt8m_search.train.collective import gather
@@ -36,6 +38,7 @@ from yt8m_search.train.recipe import (
     set_rng_state,
     train_step,
 )
+from yt8m_search.train.session import RaySession, Session
 from yt8m_search.train.settings import TrainConfig
 
 
@@ -51,18 +54,29 @@ class Worker:
     """One worker's view of its trial: configuration, place in the group, model and progress."""
 
     cfg: TrainConfig
-    rank: int
-    world: int
-    device: torch.device
+    session: Session
     model: nn.Module  # DDP-wrapped when world > 1
     optimizer: torch.optim.Optimizer
     count: models.Count  # analytic, as the search and the budget count
     size_bytes: int  # models.size_bytes at the storage dtype
     run_dir: str
     validation_files: list[str]  # this worker's share
+    cache: ShardCache | None  # the node's shard cache (``data.shard_cache``), if any
     shard: Any  # this worker's Ray Data shard of the training set
     hooks: StepHooks | None
     progress: Progress
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+    @property
+    def world(self) -> int:
+        return self.session.world
+
+    @property
+    def device(self) -> torch.device:
+        return self.session.device
 
     @property
     def core(self) -> models.VideoModel:
@@ -78,19 +92,22 @@ class Worker:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """What Ray Train runs on every worker. ``config``: ``train`` (TrainConfig fields),
-    ``validation_files``, ``run_dir`` (this run's storage URI), optional ``eigenvalues`` (the
-    array for reverse whitening) and ``hooks`` (``StepHooks``).
+    """What Ray Train runs on every worker: ``run_loop`` in this worker's Train session."""
+    return run_loop(RaySession(), config)
+
+
+def run_loop(session: Session, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train a trial in ``session``. ``config``: ``train`` (TrainConfig fields), ``validation_files``,
+    ``run_dir`` (this run's storage URI), optional ``eigenvalues`` (the array for reverse whitening),
+    ``cache`` (``ShardCache``) and ``hooks`` (``StepHooks``).
 
     Returns the per-epoch history (every report, restarts included, each epoch once)."""
-    import ray.train
-
-    worker = start_worker(config)
+    worker = start_worker(session, config)
     cfg, progress = worker.cfg, worker.progress
     if progress.history and progress.epoch >= cfg.epochs:
         # Restored a run that had already finished (its driver died before the last report reached
         # Tune): report the final epoch again, so the caller still gets its result.
-        ray.train.report(progress.history[-1])
+        session.report(progress.history[-1], None, progress.epoch)
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):  # epochs are 1-based in every report
         trained = train_epoch(worker, epoch)
         evaluated = evaluate_epoch(worker, epoch)
@@ -103,17 +120,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, Any]]:
     return progress.history
 
 
-def start_worker(config: dict[str, Any]) -> Worker:
+def start_worker(session: Session, config: dict[str, Any]) -> Worker:
     """Build the model (identical initial weights on every rank), resume from the newest checkpoint,
     and wrap it for DDP."""
-    import ray.train
-    import ray.train.torch
-
     cfg = TrainConfig.from_dict(config["train"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cpu":  # one intra-op thread per reserved CPU, not one per core of the node
+    rank, world = session.rank, session.world
+    if session.device.type == "cpu":  # one intra-op thread per reserved CPU, not one per core of the node
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     seed_everything(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     model = models.build(cfg.model, **cfg.hparams)
@@ -128,14 +140,15 @@ def start_worker(config: dict[str, Any]) -> Worker:
         progress = Progress.from_state(state)
         set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
     return Worker(
-        cfg=cfg, rank=rank, world=world, device=device,
-        model=ray.train.torch.prepare_model(model),  # to the device; DDP when world > 1
+        cfg=cfg, session=session,
+        model=session.prepare_model(model),
         optimizer=optimizer,
         count=models.count(cfg.model, **cfg.hparams),
         size_bytes=models.size_bytes(cfg.model, cfg.storage_dtype, **cfg.hparams),
         run_dir=config["run_dir"],
         validation_files=config["validation_files"][rank::world],
-        shard=ray.train.get_dataset_shard("train"),
+        cache=config.get("cache"),
+        shard=session.train_shard(),
         hooks=config.get("hooks"),
         progress=progress,
     )  # fmt: skip
@@ -179,7 +192,7 @@ def evaluate_epoch(worker: Worker, epoch: int) -> dict[str, Any]:
     """Evaluate the epoch's weights (and, after the last epoch, the average of the last ones);
     write ``best/`` when one beats the best so far. Returns the metrics for the report."""
     cfg, progress, core = worker.cfg, worker.progress, worker.core
-    metrics, predictions = evaluate_globally(core, worker.validation_files, cfg, worker.device)
+    metrics, predictions = evaluate_globally(core, worker.validation_files, cfg, worker.device, worker.cache)
     if cfg.average_last > 1 and epoch > cfg.epochs - cfg.average_last:
         progress.averaged = accumulate_average(progress.averaged, core)
     if metrics["gap"] > progress.best["gap"]:  # the same decision on every rank: metrics are broadcast
@@ -189,7 +202,7 @@ def evaluate_epoch(worker: Worker, epoch: int) -> dict[str, Any]:
         return metrics
     count = progress.averaged["count"]
     avg_metrics, avg_state, avg_predictions = evaluate_average(
-        core, progress.averaged, worker.validation_files, cfg, worker.device)
+        core, progress.averaged, worker.validation_files, cfg, worker.device, worker.cache)
     if avg_metrics["gap"] > progress.best["gap"]:  # the average is what the trial exports, when it scores higher
         progress.best = {"gap": avg_metrics["gap"], "epoch": epoch, "averaged_epochs": count}
         write_best(worker, epoch, avg_state, avg_metrics, avg_predictions, averaged_epochs=count)
@@ -214,11 +227,9 @@ def write_best(
 
 def epoch_report(worker: Worker, epoch: int, trained: dict[str, float], evaluated: dict[str, Any]) -> dict[str, Any]:
     """What the epoch reports to Ray Train (and Tune, and W&B)."""
-    import ray
-
     metrics = {k: v for k, v in evaluated.items() if not k.startswith("averaged_")}
     averaged = {k: v for k, v in evaluated.items() if k.startswith("averaged_")}
-    worker_nodes = gather(ray.get_runtime_context().get_node_id())  # on rank 0 only
+    worker_nodes = gather(worker.session.node_id())  # on rank 0 only
     best, progress = worker.progress.best, worker.progress
     return {
         **metrics,
@@ -240,17 +251,15 @@ def epoch_report(worker: Worker, epoch: int, trained: dict[str, float], evaluate
 
 
 def checkpoint_and_report(worker: Worker, epoch: int, report: dict[str, Any]) -> None:
-    """Report the epoch to Ray Train with its checkpoint (written by rank 0; every rank's RNG state)."""
-    import ray.train
-
+    """Report the epoch with its checkpoint (written by rank 0; every rank's RNG state)."""
     rngs = gather(rng_state())
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if worker.rank == 0:
             state = worker.progress.state(cpu_state(worker.core), worker.optimizer.state_dict(), rngs, worker.cfg)
-            save_checkpoint_dir(Path(directory), state)
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:03d}")
+            checkpoint = Path(directory)
+            save_checkpoint_dir(checkpoint, state)
+        worker.session.report(report, checkpoint, epoch)
 
 
 __all__ = [
@@ -259,6 +268,7 @@ __all__ = [
     "checkpoint_and_report",
     "epoch_report",
     "evaluate_epoch",
+    "run_loop",
     "start_worker",
     "train_epoch",
     "train_loop_per_worker",
