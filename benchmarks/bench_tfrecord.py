@@ -31,7 +31,7 @@ import pyarrow as pa  # noqa: E402
 
 from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, MAX_FRAMES, RGB_DIM  # noqa: E402
 from yt8m_search.data import QuantizedVideo, quantize, read_frame_level, write_frame_level  # noqa: E402
-from yt8m_search.data.parquet import convert, read_parquet_videos  # noqa: E402
+from yt8m_search.data.parquet import COMPRESSION, convert, read_parquet_videos  # noqa: E402
 from yt8m_search.data.tfrecord import (  # noqa: E402
     encode_frame_level,
     frames_to_features,
@@ -160,7 +160,7 @@ def main() -> None:
     pq_mb = report.shards[0].output_bytes / 1e6
     print(f"\nparquet convert (1 process): {1 / convert_s:.2f} shards/s, {file_mb / convert_s:.0f} MB/s of "
           f"TFRecord, {args.videos / convert_s:.0f} videos/s; output {pq_mb:.0f} MB "
-          f"({pq_mb / file_mb:.2f} of input, zstd, first 300 frames)")
+          f"({pq_mb / file_mb:.2f} of input, {COMPRESSION}, first 300 frames)")
     pq_rate = _best_rate(lambda: sum(1 for _ in read_parquet_videos(out)), args.repeats)
     print(f"parquet read_parquet_videos -> [300,1152] f32: {pq_rate:.0f} videos/s")
 
