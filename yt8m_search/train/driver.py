@@ -89,7 +89,8 @@ def fit(
         "hooks": hooks,
         "cache": cache,
     }
-    if cfg.num_workers == 1 if in_process is None else in_process:
+    in_process = cfg.num_workers == 1 if in_process is None else in_process
+    if in_process:
         if cfg.num_workers != 1:
             raise ValueError(f"an in-process run has one worker, not num_workers={cfg.num_workers}")
         history = _fit_here(cfg, loop_config, train_files, report)
