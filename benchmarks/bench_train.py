@@ -118,10 +118,12 @@ def structural_names(spec: config.Spec) -> list[str]:
 
 
 def train_config(spec: config.Spec, pick: Pick) -> TrainConfig:
-    """The trial's config as the search builds it, searched trial settings at their typical values."""
+    """The trial's config as the search builds it (the family's recipe included), searched trial
+    settings at their typical values."""
     floats = typical_values(spec)
     searched = {k: v for k, v in floats.items() if k in config.TrialSettings.searchable_names()}
-    return TrainConfig.from_settings(spec.trial.replace(**searched), model=pick.family, hparams=pick.hparams,
+    settings = config.trial_settings(spec, {"family": pick.family, **searched})
+    return TrainConfig.from_settings(settings, model=pick.family, hparams=pick.hparams,
                                      storage_dtype=spec.budget.storage_dtype, seed=spec.search.seed)
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from yt8m_search.models import layers, registry
 
@@ -54,6 +55,25 @@ def test_gating_counts_and_shapes() -> None:
     assert se(h).shape == cg(h).shape == (5, 32)
     with pytest.raises(ValueError, match="divisible"):
         layers.SEGating(30, 4)
+
+
+@pytest.mark.parametrize(
+    "classifier, mixtures, gating", [("logistic", 1, False), ("moe", 2, False), ("moe", 3, True)]
+)
+def test_head_and_gating_flops_match_flop_counter_mode(classifier: str, mixtures: int, gating: bool) -> None:
+    def measured(module: torch.nn.Module, *args: object) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            module.eval()(*args)
+        return counter.get_total_flops()
+
+    h = torch.randn(1, 32)  # one video
+    head = layers.make_classifier(classifier, 32, 11, mixtures, gating)
+    assert measured(head, h) == layers.classifier_flops(classifier, 32, 11, mixtures, gating)
+    for name in layers.GATINGS:
+        assert measured(layers.make_gating(name, 32, 4), h) == layers.gating_flops(name, 32, 4)
+    frames = torch.randn(1, 300, 12)
+    assert measured(layers.InputGating(12), frames, None) == layers.input_gating_flops(12) == 2 * 12 * 12
+    assert layers.module_count(layers.InputGating(12)) == layers.input_gating_params(12)
 
 
 def test_variance_scaling_matches_tf_slim() -> None:

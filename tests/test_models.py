@@ -130,8 +130,41 @@ def test_register_checks_the_tiny_variant() -> None:
     def builder(*, width: int = 4) -> models.VideoModel:
         raise AssertionError("never built")
 
+    def flops(**hparams: object) -> int:
+        return 0
+
     with pytest.raises(TypeError, match="tiny hyperparameters: unknown hyperparameter.*depth"):
-        registry.register("_bad_tiny_name", counter, tiny={"depth": 2})(builder)
+        registry.register("_bad_tiny_name", counter, flops=flops, tiny={"depth": 2})(builder)
     with pytest.raises(TypeError, match="tiny hyperparameters: width='2' is not of type"):
-        registry.register("_bad_tiny_type", counter, tiny={"width": "2"})(builder)
+        registry.register("_bad_tiny_type", counter, flops=flops, tiny={"width": "2"})(builder)
     assert "_bad_tiny_name" not in models.list_models() and "_bad_tiny_type" not in models.list_models()
+
+
+def test_register_checks_the_counters_take_the_builders_keywords() -> None:
+    def builder(*, width: int = 4) -> models.VideoModel:
+        raise AssertionError("never built")
+
+    def counter(*, width: int) -> models.Count:
+        return models.Count(width, 0)
+
+    def flops(*, depth: int) -> int:
+        return depth
+
+    with pytest.raises(TypeError, match="the FLOP counter takes"):
+        registry.register("_bad_flops", counter, flops=flops, tiny={"width": 2})(builder)
+    with pytest.raises(TypeError, match="the counter takes"):
+        registry.register("_bad_counter", flops, flops=counter, tiny={"width": 2})(builder)  # type: ignore[arg-type]
+    assert "_bad_flops" not in models.list_models() and "_bad_counter" not in models.list_models()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flops_checks_hyperparameters_like_param_count(name: str) -> None:
+    tiny = models.tiny_hparams(name)
+    assert models.flops(name, **tiny) > 0 and isinstance(models.flops(name, **tiny), int)
+    assert models.flops(name, **tiny) < models.flops(name)  # the defaults are paper sizes
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        models.flops(name, no_such_thing=1)
+    with pytest.raises(ValueError, match="num_classes=.* is not of type"):
+        models.flops(name, num_classes="10")
+    with pytest.raises(ValueError, match="num_classes must be >= 1"):
+        models.flops(name, **{**tiny, "num_classes": 0})

@@ -184,6 +184,33 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     assert ensemble["size_bytes"] <= ensemble["budget_bytes"] and Path(ensemble["path"]).exists()
 
 
+@pytest.mark.slow
+def test_one_worker_trials_reuse_the_trial_process(ray_local: None, tmp_path: Path) -> None:
+    """One trial at a time: every trial, the ones ASHA stops included, trains in the first trial's
+    process (Tune's actor reuse), each from its own fresh start, and writes its own best/."""
+    import csv
+
+    out = tmp_path / "run"
+    overrides = [
+        "data.synthetic.train_videos=96", "data.synthetic.validation_videos=32", "data.synthetic.shards=2",
+        f"data.synthetic.cache={tmp_path / 'cache'}", "search.num_samples=4", "trial.epochs=2",
+        "trial.batch_size=16", "data.synthetic.num_classes=40", "model.hparams.num_classes=40",
+        "search.max_concurrent=1", "budget.max_model_bytes=1e9", "wandb.mode=disabled",
+    ]
+    assert run.main([str(SMOKE), *overrides, "--output", str(out)]) == 0
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] in ("complete", "stopped") for r in rows] == [True] * 4
+    assert any(r["state"] == "stopped" for r in rows)  # ASHA stopped one: its process still ran the next
+    logs = (out / "tune").glob("*/result.json")
+    reports = [[json.loads(line) for line in log.read_text().splitlines()] for log in logs]
+    assert len(reports) == 4 and len({r["pid"] for trial in reports for r in trial}) == 1
+    for trial in reports:
+        assert [r["epoch"] for r in trial] == list(range(1, len(trial) + 1))  # no epoch carried over
+        assert trial[0]["examples_seen"] == reports[0][0]["examples_seen"]
+    for row in rows:
+        assert Path(row["predictions"]).exists() and Path(row["checkpoint"], "model.pt").exists()
+
+
 def _assert_tune_creation_order(out: Path, rows: list[dict[str, str]]) -> None:
     """The table is numbered 0..n-1 in the order Tune created the trials: Tune names a trial's folder
     ``run_trial_<trial id>_<experiment tag>_<date>``, and the tag starts with its 1-based creation count."""

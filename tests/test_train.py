@@ -254,6 +254,7 @@ def test_a_killed_in_process_trial_is_retried_by_tune_from_its_checkpoint(
 
     results = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.5}),
+        tune_config=tune.TuneConfig(reuse_actors=True),  # as the sweep runs one-worker trials
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="tune", verbose=0, callbacks=[Seen()],
                                   failure_config=tune.FailureConfig(max_failures=1)),
     ).fit()

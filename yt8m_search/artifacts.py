@@ -62,6 +62,12 @@ class TrialMeta:
     metrics: dict[str, Any]
     averaged_epochs: int = 0  # >0: the weights are the mean of the last N epochs' (they scored higher)
     write_id: str = ""
+    # inference cost (0 / None / "" in a meta.json written before they were recorded): analytic forward
+    # FLOPs of one 300-frame video (models.flops), and the latency measured in this epoch's evaluation,
+    # ms per video at eval_batch_size, on ``device``
+    flops: int = 0
+    latency_ms: float | None = None
+    device: str = ""
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str) -> TrialMeta:

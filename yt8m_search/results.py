@@ -52,7 +52,9 @@ LIVE_STATES = (TrialState.RUNNING, *TABLE_STATES)
 class TrialRow:
     """One trial of a sweep, as ``trials.csv`` holds it. ``number`` is the creation order (0-based);
     ``config`` the trial's sampled and fixed parameter values by flat name (``config.<name>`` columns);
-    metrics are NaN and paths empty for a trial that did not train."""
+    metrics are NaN and paths empty for a trial that did not train. ``flops`` (analytic, every trial)
+    and the measured ``latency_ms`` and ``device`` came later: a table without them reads as 0, NaN
+    and empty."""
 
     number: int
     trial_id: str
@@ -73,15 +75,21 @@ class TrialRow:
     checkpoint: str  # the trial's best/ folder
     predictions: str  # its validation predictions
     reason: str  # why it is infeasible, or the first line of its error
+    flops: int = 0  # analytic forward FLOPs of one 300-frame video (models.flops); 0 when unknown or not a valid model
+    latency_ms: float = math.nan  # measured: ms per video at eval_batch_size (the forward alone), last epoch
+    device: str = ""  # where latency_ms was measured, e.g. "cpu (1 thread)" or "cuda (NVIDIA H200)"
 
     @property
     def trained(self) -> bool:
         return self.state in TRAINED_STATES
 
 
-_FLOATS = ("gap", "gap_last", "hit_at_one", "perr", "map", "samples_per_s")
-_INTS = ("number", "epochs", "best_epoch", "params", "size_bytes")
+_FLOATS = ("gap", "gap_last", "hit_at_one", "perr", "map", "samples_per_s", "latency_ms")
+_INTS = ("number", "epochs", "best_epoch", "params", "size_bytes", "flops")
 _COLUMNS = [f.name for f in dataclasses.fields(TrialRow) if f.name != "config"]
+# columns added after the first version, with what a table written before them reads as (``number``:
+# its line order, set by the reader)
+_LATER_COLUMNS = {"number": "", "flops": "0", "latency_ms": "", "device": ""}
 _CONFIG_PREFIX = "config."
 
 
@@ -148,12 +156,14 @@ def parse_trials(text: str, source: str = TRIALS_FILE) -> list[TrialRow]:
     reader = csv.DictReader(io.StringIO(text))
     # a table from before trials were numbered lists them in creation order: its line order is their number
     numbered = "number" in (reader.fieldnames or [])
-    missing = [c for c in _COLUMNS if c not in (reader.fieldnames or []) and c != "number"]
+    missing = [c for c in _COLUMNS if c not in (reader.fieldnames or []) and c not in _LATER_COLUMNS]
     if missing:
         raise ResultsError(f"{source}: missing column(s) {', '.join(missing)} (written by another version?)")
+    later = {c: v for c, v in _LATER_COLUMNS.items() if c not in (reader.fieldnames or [])}
     rows = []
     for line, record in enumerate(reader, start=2):
         where = f"{source}, line {line}"
+        record.update(later)
         if not numbered:
             record["number"] = str(line - 2)
         values: dict[str, Any] = {c: record[c] for c in _COLUMNS}
@@ -180,15 +190,28 @@ def read_trials(run_dir: str) -> list[TrialRow]:
     return parse_trials(fs.read_bytes(path).decode(), path)
 
 
-def pareto_front(rows: Iterable[TrialRow]) -> list[TrialRow]:
-    """Fully trained trials not dominated in (GAP up, stored size down). Stopped trials never qualify
-    (their GAP is a truncated run's), nor do trials of unknown size."""
-    done = [r for r in rows if r.state is TrialState.COMPLETE and math.isfinite(r.gap) and r.size_bytes > 0]
-    return [
-        r for r in done
-        if not any(o.gap >= r.gap and o.size_bytes <= r.size_bytes and (o.gap > r.gap or o.size_bytes < r.size_bytes)
-                   for o in done)
-    ]  # fmt: skip
+# the minimised objectives (``search.objectives`` after gap) -> the TrialRow field each one reads
+COSTS = {"size": "size_bytes", "flops": "flops"}
+
+
+def pareto_costs(objectives: Sequence[str]) -> tuple[str, ...]:
+    """The costs a sweep's Pareto front weighs against GAP: its minimised objectives, else size."""
+    return tuple(o for o in objectives if o in COSTS) or ("size",)
+
+
+def pareto_front(rows: Iterable[TrialRow], costs: Sequence[str] = ("size",)) -> list[TrialRow]:
+    """Fully trained trials not dominated in (GAP up, each of ``costs`` down: ``size``, ``flops``).
+    Stopped trials never qualify (their GAP is a truncated run's), nor do trials of unknown cost (0)."""
+    fields = [COSTS[c] for c in costs]
+    done = [r for r in rows if r.state is TrialState.COMPLETE and math.isfinite(r.gap)
+            and all(getattr(r, f) > 0 for f in fields)]  # fmt: skip
+    keys = {id(r): (r.gap, *(-getattr(r, f) for f in fields)) for r in done}  # larger is better in each
+
+    def dominated(r: TrialRow) -> bool:
+        mine = keys[id(r)]
+        return any(all(a >= b for a, b in zip(keys[id(o)], mine)) and keys[id(o)] != mine for o in done)
+
+    return [r for r in done if not dominated(r)]
 
 
 def best_trial(rows: Iterable[TrialRow]) -> TrialRow | None:
@@ -221,12 +244,16 @@ class BestTrial:
     size_bytes: int
     checkpoint: str
     predictions: str
+    flops: int = 0  # analytic forward FLOPs per video (0: a summary written before they were recorded)
+    latency_ms: float = math.nan  # measured, ms per video at eval_batch_size on ``device``
+    device: str = ""
 
     @classmethod
     def of(cls, row: TrialRow) -> BestTrial:
         return cls(trial_id=row.trial_id, config=dict(row.config), model=row.model, hparams=dict(row.hparams),
                    gap=row.gap, epochs=row.epochs, params=row.params, size_bytes=row.size_bytes,
-                   checkpoint=row.checkpoint, predictions=row.predictions)
+                   checkpoint=row.checkpoint, predictions=row.predictions, flops=row.flops,
+                   latency_ms=row.latency_ms, device=row.device)
 
 
 @dataclass(frozen=True)
@@ -234,6 +261,8 @@ class BudgetSummary:
     max_model_bytes: int | None
     ensemble_bytes: int
     storage_dtype: str
+    max_flops: int | None = None  # per model, FLOPs per video; None: no limit
+    ensemble_flops: int | None = None  # the ensemble's distinct members together
 
 
 @dataclass(frozen=True)
@@ -274,6 +303,9 @@ class EnsembleSummary:
     selection_seconds: float
     seconds: float
     notes: list[str]
+    flops: int = 0  # the distinct members' forward FLOPs per video together (models.flops)
+    member_flops: list[int] = dataclasses.field(default_factory=list)
+    budget_flops: int | None = None  # budget.ensemble_flops; None: no limit
 
 
 @dataclass(frozen=True)
@@ -368,6 +400,7 @@ def read_summary(run_dir: str) -> RunSummary:
 
 
 __all__ = [
+    "COSTS",
     "LIVE_STATES",
     "SUMMARY_FILE",
     "TABLE_STATES",
@@ -384,6 +417,7 @@ __all__ = [
     "TrialState",
     "best_trial",
     "count_states",
+    "pareto_costs",
     "pareto_front",
     "parse_summary",
     "parse_trials",

@@ -51,11 +51,24 @@ def run_folder(spec: config.Spec, output: str | None) -> str:
     return os.path.abspath(os.path.expanduser(folder)) if fs.is_local(folder) else folder.rstrip("/")
 
 
-def _fixed_trial_settings(spec: config.Spec) -> dict[str, object]:
-    """The trial settings the space fixes (the searched ones are parameters), unset ones left out."""
-    searched = {p.name for p in spec.parameters if p.section == "trial" and p.distribution is not None}
-    settings = {name: getattr(spec.trial, name) for name in config.TrialSettings.names()}
-    return {k: v for k, v in settings.items() if k not in searched and v is not None}
+def _trial_lines(spec: config.Spec) -> list[str]:
+    """The trial settings as each family's trials get them (the space's > the family's recipe > the
+    defaults; searched ones are parameters, unset ones left out): those all families share on one
+    line, then one line per family with those that differ between families, marked ``(recipe)``
+    where a recipe set them."""
+    by_family = {family: config.setting_sources(spec, family) for family in spec.families}
+    per_family = [k for k in config.TrialSettings.names()
+                  if len({sources[k] for sources in by_family.values()}) > 1
+                  or any(sources[k][1] == "recipe" for sources in by_family.values())]
+    shared = next(iter(by_family.values()))
+    lines = ["trial: " + ", ".join(f"{k}={v}" for k, (v, source) in shared.items()
+                                   if k not in per_family and source != "searched" and v is not None)]
+    if per_family:
+        lines.append("trial settings by family (the space's > the family's recipe > the defaults):")
+        for family, sources in by_family.items():
+            shown = [f"{k}={sources[k][0]}" + (" (recipe)" if sources[k][1] == "recipe" else "") for k in per_family]
+            lines.append(f"  {family}: " + ", ".join(shown))
+    return lines
 
 
 def _print_space(spec: config.Spec) -> None:
@@ -65,15 +78,19 @@ def _print_space(spec: config.Spec) -> None:
         what = f"{p.distribution.kind} {_describe(p.distribution)}" if p.distribution else f"= {p.value!r}"
         when = "  when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
         print(f"  {p.name:<20} {what}{when}    ({p.path})")
-    print("trial: " + ", ".join(f"{k}={v}" for k, v in _fixed_trial_settings(spec).items()))
+    print("\n".join(_trial_lines(spec)))
     print(f"search: {spec.search.num_samples} trials, objectives {list(spec.search.objectives)}, "
           f"ASHA {spec.search.asha}, seed {spec.search.seed}")
     budget = spec.budget
     limit = f"{budget.max_model_bytes:,} bytes" if budget.max_model_bytes else "none"
     print(f"budget: per model {limit}, ensemble {budget.ensemble_bytes:,} bytes, stored as {budget.storage_dtype}")
-    smallest, checked, valid = config.smallest_config(list(spec.parameters), budget.storage_dtype)
-    print(f"budget check: {valid} of {checked} configurations checked are valid models; "
-          f"the smallest needs {smallest[0]:,.0f} bytes ({smallest[1]})")
+    flops = {"per model": budget.max_flops, "ensemble": budget.ensemble_flops}
+    print("FLOPs budget (per video): " + ", ".join(f"{k} {v / 1e9:.4g} GFLOPs" if v else f"{k} none"
+                                                   for k, v in flops.items()))
+    found = config.survey(spec.parameters, budget)
+    print(f"budget check: {found.valid} of {found.checked} configurations checked are valid models, {found.fitting} "
+          f"within the per-model budgets; the smallest needs {found.smallest[0]:,.0f} bytes ({found.smallest[1]}), "
+          f"the cheapest {found.cheapest[0] / 1e9:.4g} GFLOPs ({found.cheapest[1]})")
 
 
 def dry_run(spec: config.Spec, samples: int = 5) -> None:
@@ -85,8 +102,8 @@ def dry_run(spec: config.Spec, samples: int = 5) -> None:
     _print_space(spec)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=search.make_sampler(spec))  # the sweep's own sampler
-    budget = spec.budget
-    space = search.SearchSpace(spec.parameters, budget.max_model_bytes, budget.storage_dtype)
+    space = search.SearchSpace.of(spec)
+    samples = min(samples, spec.search.num_samples)  # no more than the sweep runs (a grid repeats after)
     print(f"first {samples} sampled configurations:")
     for i in range(samples):
         t = study.ask()
@@ -94,7 +111,8 @@ def dry_run(spec: config.Spec, samples: int = 5) -> None:
         values = {**t.params, **{k: v for k, v in extra.items() if k not in search.EXTRA_KEYS}}
         status = "ok" if extra["feasible"] else f"INFEASIBLE: {extra['infeasible_reason']}"
         size = f"{extra['size_bytes'] / 1e6:.2f} MB" if extra["size_bytes"] >= 0 else "-"
-        print(f"  {i + 1}. {size:>10}  {status}  {values}")
+        flops = f"{extra['flops'] / 1e9:.3f} GFLOPs" if extra["flops"] >= 0 else "-"
+        print(f"  {i + 1}. {flops:>14} {size:>10}  {status}  {values}")
         study.tell(t, state=optuna.trial.TrialState.FAIL)
 
 
@@ -151,6 +169,11 @@ def sweep(spec: config.Spec, run_dir: str, resume: bool) -> results.RunSummary:
         raise UsageError(f"--resume: no sweep to resume in {run_dir}")
     if not resume and fs.exists(experiment):
         raise UsageError(f"{run_dir} already holds a sweep: pass --resume to continue it, or --output DIR")
+    eigenvals = spec.data.pca_eigenvals
+    if eigenvals and not fs.is_local(eigenvals):  # a local file was checked with the space
+        missing = config.missing_eigenvalues(eigenvals)  # before Ray: no trial fails on it hours later
+        if missing:
+            raise UsageError(missing)
     data = prepare_data(spec.data)  # before the log takes the output: generating data shows its progress
     if tracking.wandb_mode(spec.wandb.mode) == "offline":
         os.environ["WANDB_MODE"] = "offline"  # before Ray starts, so the logging actors inherit it
@@ -194,11 +217,14 @@ def print_summary(summary: results.RunSummary, run_dir: str, log: str | None = N
     best = summary.best
     if best:
         print(f"best: trial {best.trial_id} {best.model} GAP {best.gap:.4f} after {best.epochs} "
-              f"epochs, {best.params:,} parameters, {best.size_bytes / 1e6:.2f} MB")
+              f"epochs, {best.params:,} parameters, {best.size_bytes / 1e6:.2f} MB, {best.flops / 1e9:.3g} GFLOPs, "
+              f"{best.latency_ms:.3g} ms per video ({best.device or 'device unknown'})")
     ens = summary.ensemble
     if isinstance(ens, results.EnsembleSummary) and ens.members:
+        flops = f" of {ens.budget_flops / 1e9:.4g}" if ens.budget_flops else ""
         print(f"ensemble: {len(ens.members)} members, GAP {ens.gap:.4f}, "
-              f"{ens.size_bytes / 1e6:.2f} MB of {ens.budget_bytes / 1e6:.2f} MB -> {ens.path}")
+              f"{ens.size_bytes / 1e6:.2f} MB of {ens.budget_bytes / 1e6:.2f} MB, {ens.flops / 1e9:.4g}{flops} "
+              f"GFLOPs -> {ens.path}")
     print(f"run folder: {run_dir} (summary.json, trials.csv, report.html, optuna.journal)")
     if log:
         print(f"log: {log}")

@@ -1,10 +1,10 @@
 """W&B tracking of a sweep: one W&B run per trial, all in one group per sweep, through Ray's
 ``WandbLoggerCallback``.
 
-Every run gets the trial's flat hyperparameters as its config, plus ``params`` and ``size_bytes``
-(so W&B's parallel-coordinates and importance panels can use them), and per-epoch metrics stepped
-by ``epoch``. Run summaries keep the best value of each metric (max GAP, min loss), not the last
-one, so the sweep table ranks trials the way the search does.
+Every run gets the trial's flat hyperparameters as its config, plus ``params``, ``size_bytes``,
+``flops`` and ``device`` (so W&B's parallel-coordinates and importance panels can use them), and
+per-epoch metrics stepped by ``epoch``. Run summaries keep the best value of each metric (max GAP,
+min loss), not the last one, so the sweep table ranks trials the way the search does.
 
 Offline unless the user asks for ``online`` *and* has ``WANDB_API_KEY`` set; offline runs land in
 each trial's folder under the run folder and can be uploaded later with ``wandb sync``. The key
@@ -41,6 +41,7 @@ SUMMARIES = {
     "val_loss": "min",
     "train_loss": "min",
     "samples_per_s": "mean",
+    "latency_ms": "min",
 }
 EXCLUDED = ["checkpoint", "predictions", "infeasible_reason", "config"]  # config: logged as the run config
 
@@ -62,8 +63,8 @@ class _TrialLoggingActor(compat.wandb_logging_actor_class()):  # type: ignore[mi
 
 
 class SweepWandbCallback(compat.wandb_callback_class(_TrialLoggingActor)):  # type: ignore[misc]
-    # result keys copied into the run's config: the model's size next to its hyperparameters
-    AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, "params", "size_bytes"]
+    # result keys copied into the run's config: the model's size and FLOPs next to its hyperparameters
+    AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, "params", "size_bytes", "flops", "device"]
 
 
 class OffLoop(tune.Callback):

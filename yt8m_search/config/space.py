@@ -7,6 +7,7 @@ got 'x'``) and raises them together as ``SpecError``, before anything is started
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from collections.abc import Sequence
@@ -17,9 +18,11 @@ import yaml
 
 from yt8m_search.config.budget import check_eigenvalues, check_families, check_models
 from yt8m_search.config.checker import Checker, number
+from yt8m_search.config.recipe import check_recipes
 from yt8m_search.config.spec import (
     DEFAULT_SHARD_CACHE,
     DEFAULT_SHARD_CACHE_GB,
+    OBJECTIVES,
     SAMPLERS,
     AshaSpec,
     BudgetSpec,
@@ -178,6 +181,26 @@ def _conditions(raw: Any, path: str, check: Checker) -> tuple[tuple[str, tuple[A
     return tuple((str(k), tuple(v) if isinstance(v, list) else (v,)) for k, v in raw.items())
 
 
+def _is_variants(raw: Any) -> bool:
+    """A list of mappings: one fixed value per condition (``[{value: 128, when: {family: a}}, ...]``)."""
+    return isinstance(raw, list) and bool(raw) and all(isinstance(item, dict) for item in raw)
+
+
+def _variants(raw: Any, path: str, check: Checker) -> list[tuple[str, Any]]:
+    """(key path, raw) of each value a key gives: its one value, or each of its per-condition fixed
+    values (each needs ``value`` and ``when``; ``_check_conditions`` checks that they exclude each other)."""
+    if not _is_variants(raw):
+        return [(path, raw)]
+    out = []
+    for i, item in enumerate(raw):
+        if "value" not in item or "when" not in item:
+            check.errors.append(f"{path}[{i}]: a per-condition value needs value and when, "
+                                f"e.g. {{value: 112, when: {{family: mix_nextvlad}}}}; got {item!r}")
+            continue
+        out.append((f"{path}[{i}]", item))
+    return out
+
+
 def _model_parameters(raw: Any, check: Checker) -> list[Parameter]:
     section = check.mapping(raw, "model", ["family", "hparams"])
     if "family" not in section:
@@ -186,13 +209,15 @@ def _model_parameters(raw: Any, check: Checker) -> list[Parameter]:
     hparams = check.mapping(section.get("hparams"), "model.hparams", list(section.get("hparams") or {}))
     params = [family]
     for key, value in hparams.items():
-        params.append(_parameter(str(key), f"model.hparams.{key}", "hparams", value, check))
+        for path, item in _variants(value, f"model.hparams.{key}", check):
+            params.append(_parameter(str(key), path, "hparams", item, check))
     return params
 
 
-def _trial_settings(raw: Any, check: Checker) -> tuple[TrialSettings, list[Parameter]]:
-    """The fixed trial settings (``TrialSettings``: its defaults, types and rules) and the searched
-    ones (Parameters of section ``trial``, only for the searchable settings)."""
+def _trial_settings(raw: Any, check: Checker) -> tuple[TrialSettings, list[Parameter], frozenset[str]]:
+    """The fixed trial settings (``TrialSettings``: its defaults, types and rules), the searched
+    ones (Parameters of section ``trial``, only for the searchable settings) and the names of the
+    fixed ones the space sets (the others take the family's recipe default, ``config.recipe``)."""
     section = check.mapping(raw, "trial", list(TrialSettings.names()))
     fixed: dict[str, Any] = {}
     searched: list[Parameter] = []
@@ -200,12 +225,13 @@ def _trial_settings(raw: Any, check: Checker) -> tuple[TrialSettings, list[Param
         if key not in section:
             continue
         value, path = section[key], f"trial.{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) or _is_variants(value):
             if key not in TrialSettings.searchable_names():
-                check.errors.append(f"{path}: cannot be searched (searchable: "
-                                    f"{', '.join(TrialSettings.searchable_names())})")
+                what = "be searched" if isinstance(value, dict) else "take per-condition values"
+                searchable = ", ".join(TrialSettings.searchable_names())
+                check.errors.append(f"{path}: cannot {what} (searchable: {searchable})")
                 continue
-            searched.append(_searched_setting(key, path, value, check))
+            searched.extend(_searched_setting(key, where, item, check) for where, item in _variants(value, path, check))
             continue
         wrong = TrialSettings.rules()[key].type_problem(value)
         if wrong:
@@ -214,7 +240,7 @@ def _trial_settings(raw: Any, check: Checker) -> tuple[TrialSettings, list[Param
         fixed[key] = value
     settings = TrialSettings(**fixed)
     check.errors.extend(settings.validate())
-    return settings, searched
+    return settings, searched, frozenset(fixed)
 
 
 def _searched_setting(key: str, path: str, raw: dict[str, Any], check: Checker) -> Parameter:
@@ -237,8 +263,10 @@ def _search_spec(raw: Any, check: Checker, epochs: int) -> SearchSpec:
     d = SearchSpec()
     objectives = section.get("objectives", "gap")
     objectives = tuple(objectives) if isinstance(objectives, list) else (objectives,)
-    if objectives not in (("gap",), ("gap", "size")):
-        check.errors.append(f"search.objectives: must be gap or [gap, size], got {section.get('objectives')!r}")
+    costs = [o for o in objectives[1:] if isinstance(o, str) and o in OBJECTIVES[1:]]
+    if objectives[:1] != ("gap",) or len(set(costs)) != len(costs) or len(costs) != len(objectives) - 1:
+        check.errors.append("search.objectives: must be gap, [gap, size], [gap, flops] or [gap, size, flops] "
+                            f"(GAP maximised first, then the costs minimised), got {section.get('objectives')!r}")
         objectives = d.objectives
     sampler = section.get("sampler", d.sampler)
     if sampler not in SAMPLERS:
@@ -278,16 +306,19 @@ def _budget_spec(raw: Any, check: Checker) -> BudgetSpec:
     section = check.mapping(raw, "budget", list(BudgetSpec.__dataclass_fields__))
     d = BudgetSpec()
     sizes: dict[str, int | None] = {}
-    for key, default in (("max_model_bytes", d.max_model_bytes), ("ensemble_bytes", d.ensemble_bytes)):
+    for key, default in (("max_model_bytes", d.max_model_bytes), ("ensemble_bytes", d.ensemble_bytes),
+                         ("max_flops", d.max_flops), ("ensemble_flops", d.ensemble_flops)):
         value = section.get(key, default)
         n = number(value) if value is not None else None
         if value is not None and (n is None or n <= 0):
-            check.errors.append(f"budget.{key}: expected a positive number of bytes, got {value!r}")
+            unit = "FLOPs per video" if key.endswith("flops") else "bytes"
+            check.errors.append(f"budget.{key}: expected a positive number of {unit}, got {value!r}")
         sizes[key] = int(n) if n else default
     dtype = check.string(section, "storage_dtype", "budget", d.storage_dtype) or d.storage_dtype
     if dtype not in ("float32", "bfloat16", "float16"):
         check.errors.append(f"budget.storage_dtype: must be float32, bfloat16 or float16, got {dtype!r}")
-    return BudgetSpec(sizes["max_model_bytes"], sizes["ensemble_bytes"] or d.ensemble_bytes, dtype)
+    return BudgetSpec(sizes["max_model_bytes"], sizes["ensemble_bytes"] or d.ensemble_bytes, dtype,
+                      max_flops=sizes["max_flops"], ensemble_flops=sizes["ensemble_flops"])
 
 
 def _wandb_spec(raw: Any, check: Checker) -> WandbSpec:
@@ -303,41 +334,68 @@ def _wandb_spec(raw: Any, check: Checker) -> WandbSpec:
     )
 
 
+def _exclusive(a: Parameter, b: Parameter) -> bool:
+    """No trial has both: some condition of both allows disjoint values."""
+    other = dict(b.when)
+    return any(name in other and not set(allowed) & set(other[name]) for name, allowed in a.when)
+
+
 def _check_conditions(params: list[Parameter], check: Checker) -> None:
-    """Every name defined once; every condition on an existing parameter, with a value it can take."""
-    names = [p.name for p in params]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    for name in duplicates:
-        check.errors.append(f"{name}: defined twice ({', '.join(p.path for p in params if p.name == name)})")
-    by_name = {p.name: p for p in params}
+    """Every name defined once, or as fixed values under conditions that exclude each other; every
+    condition on an existing parameter, with a value it can take."""
+    by_name: dict[str, list[Parameter]] = {}
+    for p in params:
+        by_name.setdefault(p.name, []).append(p)
+    for name, same in by_name.items():
+        variants = all(p.distribution is None for p in same) and all(
+            _exclusive(a, b) for i, a in enumerate(same) for b in same[i + 1:])
+        if len(same) > 1 and not variants:
+            check.errors.append(f"{name}: defined twice ({', '.join(p.path for p in same)}); per-condition "
+                                "values must be fixed, under conditions that exclude each other")
     for p in params:
         for cond, allowed in p.when:
             if cond not in by_name:
                 check.errors.append(f"{p.path}.when: condition on a missing parameter {cond!r}")
                 continue
-            possible = by_name[cond].possible_values() if by_name[cond].distribution is None or \
-                by_name[cond].distribution.kind == "choice" else None
-            if possible is not None and not set(allowed) & set(possible):
+            sources = by_name[cond]
+            if any(q.distribution is not None and q.distribution.kind != "choice" for q in sources):
+                continue  # a range: any value may come
+            possible = [v for q in sources for v in q.possible_values()]
+            if not set(allowed) & set(possible):
                 check.errors.append(f"{p.path}.when: {cond} never takes {list(allowed)} (possible: {possible})")
 
 
 def _sorted_by_conditions(params: list[Parameter], check: Checker) -> list[Parameter]:
     """Order parameters so that every condition is sampled before what depends on it."""
     _check_conditions(params, check)
-    by_name = {p.name: p for p in params}
+    unplaced = collections.Counter(p.name for p in params)  # a name is placed once all its variants are
     ordered: list[Parameter] = []
-    placed: set[str] = set()
     pending = list(params)
     while pending:
-        ready = [p for p in pending if all(c in placed or c not in by_name for c, _ in p.when)]
+        ready = [p for p in pending if all(not unplaced[c] for c, _ in p.when)]
         if not ready:
             check.errors.append("conditions form a cycle: " + ", ".join(p.path for p in pending))
             return ordered + pending
         for p in ready:
             ordered.append(p)
-            placed.add(p.name)
+            unplaced[p.name] -= 1
             pending.remove(p)
     return ordered
+
+
+def _check_grid(params: Sequence[Parameter], search: SearchSpec, check: Checker) -> None:
+    """``search.sampler: grid`` runs every combination of the searched choices once: it needs
+    choices only, and at least as many trials as combinations."""
+    if search.sampler != "grid":
+        return
+    points = 1
+    for p in params:
+        if p.distribution is not None and p.distribution.kind != "choice":
+            check.errors.append(f"{p.path}: search.sampler grid needs choices, got a {p.distribution.kind} range")
+        elif p.distribution is not None:
+            points *= len(p.distribution.choices)
+    if search.num_samples < points:
+        check.errors.append(f"search.num_samples: {search.num_samples} trials cannot cover the grid's {points} points")
 
 
 def parse(raw: Any, source: str = "", name: str = "space") -> Spec:
@@ -345,20 +403,22 @@ def parse(raw: Any, source: str = "", name: str = "space") -> Spec:
     top = check.mapping(raw, "", _SECTIONS)
     data = _data_spec(top.get("data"), check)
     model_params = _model_parameters(top.get("model"), check)
-    trial, trial_params = _trial_settings(top.get("trial"), check)
+    trial, trial_params, trial_explicit = _trial_settings(top.get("trial"), check)
     search = _search_spec(top.get("search"), check, trial.epochs)
     budget = _budget_spec(top.get("budget"), check)
     storage = check.string(top, "storage", "storage", "runs") or "runs"
     wandb = _wandb_spec(top.get("wandb"), check)
     params = _sorted_by_conditions(model_params + trial_params, check)
+    _check_grid(params, search, check)
     check_families(model_params[0], check)
+    check_recipes([str(f) for f in model_params[0].possible_values()], trial, trial_explicit, trial_params, check)
+    check_eigenvalues(params, data, check)  # reported with the others: it needs no valid model
     if not check.errors:
         check_models(params, budget, check)
-        check_eigenvalues(params, data, check)
     if check.errors:
         raise SpecError(check.errors, source)
-    return Spec(data=data, parameters=tuple(params), trial=trial, search=search, budget=budget, storage=storage,
-                wandb=wandb, name=name, source=source, raw=top)
+    return Spec(data=data, parameters=tuple(params), trial=trial, trial_explicit=trial_explicit, search=search,
+                budget=budget, storage=storage, wandb=wandb, name=name, source=source, raw=top)
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Spec:

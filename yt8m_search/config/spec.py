@@ -119,7 +119,10 @@ class AshaSpec:
     reduction_factor: int = 2
 
 
-SAMPLERS = ("tpe", "random")
+# the search's objectives: validation GAP (maximised), then the minimised costs a space may add
+# after it: stored bytes (``size``) and forward FLOPs per video (``flops``)
+OBJECTIVES = ("gap", "size", "flops")
+SAMPLERS = ("tpe", "random", "grid")  # grid: every combination of the choices, each once
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,11 @@ class SearchSpec:
     num_samples: int = 8
     max_concurrent: int | None = None  # None: as many as the cluster holds at the start; set: that many (autoscaling)
     seed: int = 0
-    objectives: tuple[str, ...] = ("gap",)  # or ("gap", "size")
+    # "gap" first (maximised), then none, one or both of the minimised costs (``OBJECTIVES``)
+    objectives: tuple[str, ...] = ("gap",)
     asha: AshaSpec | None = AshaSpec()
     startup_trials: int = 4  # random trials before TPE models the space
-    sampler: str = "tpe"  # tpe | random (a baseline: what TPE gains)
+    sampler: str = "tpe"  # tpe | random (a baseline: what TPE gains) | grid (choices only)
     max_failures: int = 1  # Tune-level retries of a crashed trial (resumes from its checkpoint)
 
 
@@ -139,6 +143,8 @@ class BudgetSpec:
     max_model_bytes: int | None = None  # per trained model, at storage_dtype; None: no limit
     ensemble_bytes: int = 10**9  # the 2nd YouTube-8M challenge's 1 GB, as 10^9 bytes
     storage_dtype: str = "bfloat16"
+    max_flops: int | None = None  # per trained model: forward FLOPs of one 300-frame video (models.flops)
+    ensemble_flops: int | None = None  # the ensemble's distinct members' FLOPs together; None: no limit
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,9 @@ class Spec:
     data: DataSpec
     parameters: tuple[Parameter, ...] = ()  # topologically sorted: conditions before dependents
     trial: TrialSettings = TrialSettings()  # the fixed trial settings; searched ones are Parameters
+    # the settings ``trial:`` fixes explicitly; a trial's others come from its family's recipe, then
+    # TrialSettings' defaults (``config.recipe.trial_settings``)
+    trial_explicit: frozenset[str] = frozenset()
     search: SearchSpec = SearchSpec()
     budget: BudgetSpec = BudgetSpec()
     storage: str = "runs"
@@ -163,6 +172,11 @@ class Spec:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def grid(self) -> dict[str, list[Any]]:
+        """``search.sampler: grid``'s points: every searched parameter's choices (the parser checks
+        that each is a choice)."""
+        return {p.name: list(p.distribution.choices) for p in self.parameters if p.distribution is not None}
 
     def parameter(self, name: str) -> Parameter:
         return next(p for p in self.parameters if p.name == name)
@@ -180,6 +194,7 @@ __all__ = [
     "DEFAULT_CACHE",
     "DEFAULT_SHARD_CACHE",
     "DEFAULT_SHARD_CACHE_GB",
+    "OBJECTIVES",
     "SAMPLERS",
     "AshaSpec",
     "BudgetSpec",

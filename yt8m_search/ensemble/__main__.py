@@ -1,4 +1,4 @@
-"""``python -m yt8m_search.ensemble RUN_DIR [--budget BYTES] ...``: re-run the ensemble step of a
+"""``python -m yt8m_search.ensemble RUN_DIR [--budget BYTES] [--budget-flops FLOPS] ...``: re-run the ensemble step of a
 finished sweep (select, export ``RUN_DIR/ensemble.pt``, re-score, record it in summary.json) and print
 the members, the curve and the bundle's validation GAP.
 
@@ -20,14 +20,22 @@ from yt8m_search.ensemble.step import run
 __all__ = ["main"]
 
 
-def _parse_bytes(text: str) -> int:
+def _whole(text: str, unit: str) -> int:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number of {unit}: {text!r}") from None
     if not (math.isfinite(value) and value > 0 and value == int(value)):
-        raise argparse.ArgumentTypeError(f"the budget must be a positive whole number of bytes, got {text!r}")
+        raise argparse.ArgumentTypeError(f"the budget must be a positive whole number of {unit}, got {text!r}")
     return int(value)
+
+
+def _parse_bytes(text: str) -> int:
+    return _whole(text, "bytes")
+
+
+def _parse_flops(text: str) -> int:
+    return _whole(text, "FLOPs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", help="the sweep's run folder (holding trials.csv and summary.json)")
     parser.add_argument("--budget", type=_parse_bytes, help="bytes (default: the sweep's budget, else 1e9)")
+    parser.add_argument("--budget-flops", type=_parse_flops,
+                        help="the members' forward FLOPs per video together (default: the sweep's, else none)")
     parser.add_argument("--output", help=f"bundle path (default: RUN_DIR/{BUNDLE_NAME})")
     parser.add_argument("--validation", help="validation data to re-score with (default: from summary.json)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
@@ -54,9 +64,11 @@ def _print(entry: results.EnsembleSummary) -> None:
     print("curve (bytes, GAP): " + ", ".join(f"({s:,}, {g:.4f})" for s, g in entry.curve))
     for note in entry.notes:
         print(f"note: {note}")
+    flops_budget = f" (budget {entry.budget_flops:,})" if entry.budget_flops else ""
     print(f"ensemble: {len(entry.members)} members, validation GAP {entry.gap:.5f} (selection "
           f"{entry.selection_gap:.5f}), {entry.size_bytes:,} bytes of members, {entry.file_bytes:,} "
-          f"bytes on disk, budget {entry.budget_bytes:,} -> {entry.path}")
+          f"bytes on disk, budget {entry.budget_bytes:,}; {entry.flops:,} FLOPs per video{flops_budget} "
+          f"-> {entry.path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not fs.exists(fs.join(args.run_dir, results.TRIALS_FILE)):
             print(f"error: {args.run_dir} is not a finished sweep (no trials.csv)", file=sys.stderr)
             return 2
-        entry = run(args.run_dir, args.budget, output=args.output, validation=args.validation, device=args.device,
-                    batch_size=args.batch_size, workers=args.workers, local_search=not args.no_local_search,
+        entry = run(args.run_dir, args.budget, budget_flops=args.budget_flops, output=args.output,
+                    validation=args.validation, device=args.device, batch_size=args.batch_size,
+                    workers=args.workers, local_search=not args.no_local_search,
                     progress=True, log=log)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -54,6 +54,7 @@ class Candidate:
     state: str = ""
     notes: list[str] = field(default_factory=list)
     write_id: str = ""  # the best/ folder's write the predictions come from (the export checks the model's)
+    flops: int = 0  # analytic forward FLOPs of one 300-frame video (models.flops)
 
     @property
     def num_classes(self) -> int:
@@ -108,11 +109,13 @@ def _load_trial(row: results.TrialRow, predictions_path: str, checkpoint: str, d
     if len(np.unique(ids)) != len(ids):
         raise EnsembleError(f"trial {row.trial_id}: {predictions_path} lists a video more than once")
     size = row.size_bytes if row.size_bytes > 0 else models.size_bytes(meta.model, dtype, **meta.hparams)
+    # a table or meta.json from before FLOPs were recorded has none: count them from the model
+    flops = row.flops or meta.flops or models.flops(meta.model, **meta.hparams)
     return Candidate(
         trial_id=row.trial_id, model=row.model, hparams=dict(meta.hparams), size_bytes=int(size), video_ids=ids,
         labels=[predictions.labels[i] for i in order], classes=predictions.classes[order],
         scores=predictions.scores[order], gap=row.gap, checkpoint=checkpoint, predictions=predictions_path,
-        state=row.state.value, notes=_averaging_note(row.trial_id, meta), write_id=meta.write_id,
+        state=row.state.value, notes=_averaging_note(row.trial_id, meta), write_id=meta.write_id, flops=int(flops),
     )  # fmt: skip
 
 

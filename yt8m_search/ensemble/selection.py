@@ -1,13 +1,15 @@
 """Budgeted ensemble selection: the multiset of candidates whose weighted mean of sigmoid probabilities
 maximises validation GAP@20 subject to the stored size of the distinct members being at most the
-budget. A repeat only changes a member's weight, it is not stored twice. Moves are scored from the
-saved top-k predictions (``scoring``).
+budget, and, when given, their forward FLOPs per video together at most the FLOPs budget (an
+ensemble runs every member on every video). A repeat only changes a member's weight, it is neither
+stored nor run twice. Moves are scored from the saved top-k predictions (``scoring``).
 
 1. Greedy forward selection with replacement (Caruana et al. 2004): each step adds one unit of
    weight to the trial that improves GAP most, among members (free: no bytes) and non-members that
    fit in the remaining budget. When the candidates do not all fit together the space is tight and
-   a second greedy run ranks moves by GAP gain per byte (free moves first), the knapsack greedy;
-   the better of the two (after step 2) is kept.
+   a second greedy run ranks moves by GAP gain per byte (free moves first), the knapsack greedy
+   (with a FLOPs budget: per share of the tighter budget, bytes or FLOPs); the better of the two
+   (after step 2) is kept.
 2. Local improvement: repeatedly apply the best improving move among weight +1/-1 and removal of a
    member, or, when none improves, swapping a member for a non-member that fits (taking its weight)
    and adding a non-member that fits; stop when nothing improves GAP by more than ``min_gain``.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,11 +51,52 @@ class Selection:
     local_moves: list[str] = field(default_factory=list)
     evaluations: int = 0
     seconds: float = 0.0
+    flops: int = 0  # forward FLOPs per video of the distinct members together
+    budget_flops: int | None = None
 
     @property
     def mixing_weights(self) -> list[float]:
         total = sum(self.weights)
         return [w / total for w in self.weights]
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """The budgets over the candidates: the distinct members' stored bytes and (optionally) their
+    forward FLOPs per video, each summed."""
+
+    sizes: list[int]
+    flops: list[int]
+    budget: int
+    budget_flops: int | None
+
+    def fits(self, members: Iterable[int]) -> bool:
+        chosen = set(members)
+        return sum(self.sizes[j] for j in chosen) <= self.budget and (
+            self.budget_flops is None or sum(self.flops[j] for j in chosen) <= self.budget_flops)
+
+    def cost(self, j: int) -> float:
+        """Candidate ``j``'s share of the tighter budget: the per-cost greedy's denominator."""
+        share = self.sizes[j] / self.budget
+        return max(share, self.flops[j] / self.budget_flops) if self.budget_flops else share
+
+    def nothing_fits(self, candidates: Sequence[Candidate]) -> str | None:
+        """Why no candidate fits on its own (None when one does)."""
+        if any(self.fits([j]) for j in range(len(self.sizes))):
+            return None
+        smallest, cheapest = int(np.argmin(self.sizes)), int(np.argmin(self.flops))
+        if self.sizes[smallest] > self.budget:
+            return (f"the ensemble budget of {self.budget:,} bytes is smaller than every candidate: the smallest, "
+                    f"trial {candidates[smallest].trial_id} ({candidates[smallest].model}), needs "
+                    f"{self.sizes[smallest]:,} bytes")
+        if self.budget_flops is not None and self.flops[cheapest] > self.budget_flops:
+            return (f"the ensemble FLOPs budget of {self.budget_flops:,} FLOPs per video is smaller than every "
+                    f"candidate: the cheapest, trial {candidates[cheapest].trial_id} ({candidates[cheapest].model}), "
+                    f"needs {self.flops[cheapest]:,} FLOPs")
+        return (f"no candidate fits both the ensemble budget of {self.budget:,} bytes and of {self.budget_flops:,} "
+                f"FLOPs per video: the smallest, trial {candidates[smallest].trial_id}, needs "
+                f"{self.flops[smallest]:,} FLOPs, the cheapest, trial {candidates[cheapest].trial_id}, "
+                f"{self.sizes[cheapest]:,} bytes")
 
 
 @dataclass
@@ -71,6 +114,7 @@ def select(
     candidates: Sequence[Candidate],
     budget_bytes: int = DEFAULT_BUDGET,
     *,
+    budget_flops: int | None = None,
     top_k: int = TOP_K,
     max_steps: int = 50,
     local_search: bool = True,
@@ -79,49 +123,46 @@ def select(
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Selection:
-    """The ensemble of ``candidates`` maximising validation GAP with distinct members' bytes <= budget.
+    """The ensemble of ``candidates`` maximising validation GAP with distinct members' bytes <= budget
+    (and their FLOPs per video <= ``budget_flops``, when given).
 
-    See the module doc for the algorithm. Raises BudgetError when no candidate fits the budget.
+    See the module doc for the algorithm. Raises BudgetError when no candidate fits the budgets.
     """
     started = time.perf_counter()
     say = log or (lambda _: None)
     if not candidates:
         raise EnsembleError("no candidates: no trained trial with saved validation predictions")
-    budget = int(budget_bytes)
-    sizes = [int(c.size_bytes) for c in candidates]
-    if min(sizes) > budget:
-        smallest = int(np.argmin(sizes))
-        raise BudgetError(
-            f"the ensemble budget of {budget:,} bytes is smaller than every candidate: the smallest, trial "
-            f"{candidates[smallest].trial_id} ({candidates[smallest].model}), needs {sizes[smallest]:,} bytes"
-        )
+    limits = _Limits([int(c.size_bytes) for c in candidates], [int(c.flops) for c in candidates], int(budget_bytes),
+                     None if budget_flops is None else int(budget_flops))
+    problem = limits.nothing_fits(candidates)
+    if problem:
+        raise BudgetError(problem)
     scorer = Scorer(candidates, top_k, workers or min(4, os.cpu_count() or 1))
     try:
-        return _select(scorer, candidates, sizes, budget, max_steps, local_search, max_local_moves, min_gain,
-                       say, started)
+        return _select(scorer, candidates, limits, max_steps, local_search, max_local_moves, min_gain, say, started)
     finally:
         scorer.close()
 
 
-def _select(scorer: Scorer, candidates: Sequence[Candidate], sizes: list[int], budget: int, max_steps: int,
+def _select(scorer: Scorer, candidates: Sequence[Candidate], limits: _Limits, max_steps: int,
             local_search: bool, max_local_moves: int, min_gain: float, say: Callable[[str], None],
             started: float) -> Selection:
-    ids = [c.trial_id for c in candidates]
+    ids, sizes, budget = [c.trial_id for c in candidates], limits.sizes, limits.budget
 
-    fitting = [j for j in range(len(candidates)) if sizes[j] <= budget]
+    fitting = [j for j in range(len(candidates)) if limits.fits([j])]
     singles = dict(zip(fitting, scorer.gaps([(scorer.compose({}), [(j, 1)]) for j in fitting])))
     best = max(fitting, key=lambda j: (singles[j], -sizes[j]))
     best_single = (ids[best], float(singles[best]))
     say(f"{len(candidates)} candidates, {len(fitting)} fit the budget; best single: trial {ids[best]} "
         f"GAP {best_single[1]:.5f}")
 
-    tight = sum(sizes[j] for j in fitting) > budget
+    tight = not limits.fits(fitting)
     paths = []
     for strategy in ("gain", "per_byte") if tight else ("gain",):
-        path = _greedy(scorer, sizes, ids, budget, strategy, max_steps, min_gain, singles)
+        path = _greedy(scorer, limits, ids, strategy, max_steps, min_gain, singles)
         say(f"greedy ({strategy}): GAP {path.gap:.5f}, {path.used:,} bytes, {len(path.weights)} members")
         if local_search:
-            _local_search(scorer, path, sizes, ids, budget, max_local_moves, min_gain)
+            _local_search(scorer, path, limits, ids, max_local_moves, min_gain)
             say(f"local search ({strategy}): GAP {path.gap:.5f}, {path.used:,} bytes, {len(path.local_moves)} moves")
         paths.append(path)
     chosen = max(paths, key=lambda p: (p.gap, -p.used))
@@ -141,6 +182,8 @@ def _select(scorer: Scorer, candidates: Sequence[Candidate], sizes: list[int], b
         local_moves=chosen.local_moves,
         evaluations=scorer.evaluations,
         seconds=time.perf_counter() - started,
+        flops=sum(limits.flops[j] for j in order),
+        budget_flops=limits.budget_flops,
     )
 
 
@@ -157,19 +200,21 @@ def _scored_moves(scorer: Scorer, base: np.ndarray, gap: float, moves: list[int]
     return moves, [g - gap for g in scorer.gaps([(base, [(j, 1)]) for j in moves])]
 
 
-def _move_rank(strategy: str, member: bool, size: int, gain: float) -> tuple[float, ...]:
-    """The greedy order of moves: by GAP gain, or (``per_byte``) free moves first, then gain per byte."""
+def _move_rank(strategy: str, member: bool, cost: float, gain: float) -> tuple[float, ...]:
+    """The greedy order of moves: by GAP gain, or (``per_byte``) free moves first, then gain per unit of
+    cost (the candidate's share of the tighter budget, ``_Limits.cost``)."""
     if strategy == "gain":
         return (gain,)
-    cost = 0 if member else size
+    cost = 0 if member else cost
     return (1.0, gain) if cost == 0 else (0.0, gain / cost)
 
 
-def _greedy(scorer: Scorer, sizes: list[int], ids: list[str], budget: int, strategy: str, max_steps: int,
+def _greedy(scorer: Scorer, limits: _Limits, ids: list[str], strategy: str, max_steps: int,
             min_gain: float, singles: Mapping[int, float]) -> _Path:
-    """Forward selection with replacement; ``per_byte`` ranks moves by gain per byte (free moves first).
+    """Forward selection with replacement; ``per_byte`` ranks moves by gain per cost (free moves first).
 
     ``singles``: every fitting candidate's GAP alone (the first step's scores)."""
+    sizes = limits.sizes
     weights: dict[int, int] = {}
     used, gap = 0, 0.0
     curve: list[tuple[int, float]] = []
@@ -177,12 +222,12 @@ def _greedy(scorer: Scorer, sizes: list[int], ids: list[str], budget: int, strat
     scorer.layout(())
     base = scorer.compose({})
     for step in range(max_steps):
-        moves = [j for j in range(len(sizes)) if j in weights or used + sizes[j] <= budget]
+        moves = [j for j in range(len(sizes)) if j in weights or limits.fits([*weights, j])]
         if step == 0:
             gains = [singles[j] for j in moves]
         else:
             moves, gains = _scored_moves(scorer, base, gap, moves, weights, strategy, min_gain)
-        ranks = {i: _move_rank(strategy, moves[i] in weights, sizes[moves[i]], gains[i])
+        ranks = {i: _move_rank(strategy, moves[i] in weights, limits.cost(moves[i]), gains[i])
                  for i in range(len(moves)) if gains[i] > min_gain}  # fmt: skip
         if not ranks:
             break
@@ -203,9 +248,10 @@ def _greedy(scorer: Scorer, sizes: list[int], ids: list[str], budget: int, strat
     return _Path(weights, gap, used, curve, steps, strategy)
 
 
-def _local_search(scorer: Scorer, path: _Path, sizes: list[int], ids: list[str], budget: int, max_moves: int,
+def _local_search(scorer: Scorer, path: _Path, limits: _Limits, ids: list[str], max_moves: int,
                   min_gain: float) -> None:
     """Best-improvement local search from ``path`` (updated in place); see the module doc."""
+    sizes = limits.sizes
     while len(path.local_moves) < max_moves and path.weights:
         weights = path.weights
         scorer.layout(weights)
@@ -229,15 +275,14 @@ def _local_search(scorer: Scorer, path: _Path, sizes: list[int], ids: list[str],
         best = _best_move(scorer, moves, jobs, path.gap, min_gain)
         if best is None:  # then swaps and additions
             moves, jobs = [], []
-            used = sum(sizes[m] for m in members)
             for b in range(len(sizes)):
                 if b in weights:
                     continue
-                if used + sizes[b] <= budget:
+                if limits.fits([*members, b]):
                     moves.append((f"add {ids[b]}", {**weights, b: 1}))
                     jobs.append((full, [(b, 1)]))
                 for a in members:
-                    if used - sizes[a] + sizes[b] <= budget:
+                    if limits.fits([*(m for m in members if m != a), b]):
                         moves.append((f"swap {ids[a]} -> {ids[b]}",
                                       {**{m: w for m, w in weights.items() if m != a}, b: weights[a]}))
                         jobs.append((without[a], [(b, weights[a])]))

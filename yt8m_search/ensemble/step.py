@@ -1,7 +1,8 @@
 """The ensemble step on a finished sweep: select, export the bundle, re-score it, record it.
 
-The budget, the storage dtype and the validation data come from the sweep's ``summary.json``
-(``results.RunSummary``) unless given. The bundle file adds a little to its members' bytes (the
+The budgets (bytes, and FLOPs per video when the sweep set ``budget.ensemble_flops``), the storage
+dtype and the validation data come from the sweep's ``summary.json`` (``results.RunSummary``) unless
+given. The bundle file adds a little to its members' bytes (the
 container, names); when that tips it over the budget the selection runs again under the budget less
 that overhead. The bundle is then scored densely on the validation data from its stored weights:
 that GAP is the step's ``gap``, the selection's sparse estimate its ``selection_gap``. The entry
@@ -75,14 +76,18 @@ class _Settings:
     budget: int
     dtype: str
     validation: str
+    budget_flops: int | None = None  # the distinct members' FLOPs per video together; None: no limit
 
 
-def _settings(run_dir: str, budget: int | None, validation: str | None) -> _Settings:
-    """Budget, storage dtype and validation data: the arguments, else the sweep's summary.json."""
+def _settings(run_dir: str, budget: int | None, validation: str | None, budget_flops: int | None = None) -> _Settings:
+    """Budgets, storage dtype and validation data: the arguments, else the sweep's summary.json."""
     summary = results.read_summary(run_dir)
     budget = int(budget if budget is not None else summary.budget.ensemble_bytes or DEFAULT_BUDGET)
     if budget <= 0:
         raise EnsembleError(f"the budget must be a positive number of bytes, got {budget}")
+    budget_flops = budget_flops if budget_flops is not None else summary.budget.ensemble_flops
+    if budget_flops is not None and budget_flops <= 0:
+        raise EnsembleError(f"the FLOPs budget must be a positive number of FLOPs per video, got {budget_flops}")
     validation = validation or summary.data.validation
     if not validation:
         raise EnsembleError(f"{fs.join(run_dir, results.SUMMARY_FILE)} names no validation data (data.validation), "
@@ -91,7 +96,7 @@ def _settings(run_dir: str, budget: int | None, validation: str | None) -> _Sett
         data_files(validation)
     except FileNotFoundError as err:
         raise EnsembleError(f"cannot re-score the bundle: {err}") from err
-    return _Settings(budget, summary.budget.storage_dtype or "bfloat16", validation)
+    return _Settings(budget, summary.budget.storage_dtype or "bfloat16", validation, budget_flops)
 
 
 def _select_and_export(candidates: list[Candidate], settings: _Settings, path: str, *, workers: int | None,
@@ -101,7 +106,8 @@ def _select_and_export(candidates: list[Candidate], settings: _Settings, path: s
     budget, limit = settings.budget, settings.budget
     for attempt in range(3):
         try:
-            selection = select(candidates, limit, workers=workers, local_search=local_search, log=say)
+            selection = select(candidates, limit, budget_flops=settings.budget_flops, workers=workers,
+                               local_search=local_search, log=say)
         except BudgetError as err:
             if limit == budget:
                 raise
@@ -152,6 +158,9 @@ def _entry(selection: Selection, metrics: dict[str, Any], settings: _Settings, *
         selection_seconds=round(selection.seconds, 3),
         seconds=round(seconds, 3),
         notes=notes,
+        flops=selection.flops,
+        member_flops=[c.flops for c in selection.members],
+        budget_flops=settings.budget_flops,
     )
 
 
@@ -159,6 +168,7 @@ def run(
     run_dir: str,
     budget: int | None = None,
     *,
+    budget_flops: int | None = None,
     output: str | None = None,
     validation: str | None = None,
     device: str | None = None,
@@ -170,15 +180,17 @@ def run(
 ) -> results.EnsembleSummary:
     """Select, export and re-score the ensemble of a finished sweep; record it in summary.json.
 
+    ``budget`` (bytes) and ``budget_flops`` (FLOPs per video) default to the sweep's budgets.
     Returns the entry stored as ``summary["ensemble"]``: members, weights, models, gap (the bundle's
     validation GAP, from its stored weights), selection_gap, hit_at_one, perr, map, size_bytes,
-    file_bytes, budget_bytes, storage_dtype, path, curve, notes, ...
+    file_bytes, budget_bytes, storage_dtype, path, curve, notes, flops, budget_flops, ...
     """
     say = log or (lambda _: None)
     started = time.perf_counter()
     with _as_ensemble_errors():
         return _run(run_dir, budget, started, say, output=output, validation=validation, device=device,
-                    batch_size=batch_size, workers=workers, local_search=local_search, progress=progress)
+                    batch_size=batch_size, workers=workers, local_search=local_search, progress=progress,
+                    budget_flops=budget_flops)
 
 
 @contextlib.contextmanager
@@ -195,8 +207,8 @@ def _as_ensemble_errors() -> Iterator[None]:
 
 def _run(run_dir: str, budget: int | None, started: float, say: Log, *, output: str | None, validation: str | None,
          device: str | None, batch_size: int | None, workers: int | None, local_search: bool,
-         progress: bool) -> results.EnsembleSummary:
-    settings = _settings(run_dir, budget, validation)
+         progress: bool, budget_flops: int | None = None) -> results.EnsembleSummary:
+    settings = _settings(run_dir, budget, validation, budget_flops)
     candidates = load_candidates(run_dir, storage_dtype=settings.dtype)
     path = output or fs.join(run_dir, bundle.BUNDLE_NAME)
     selection, file_bytes = _select_and_export(candidates, settings, path, workers=workers,

@@ -1,4 +1,4 @@
-"""The model zoo: ``build(name, **hparams)``, ``param_count``, ``size_bytes``, ``list_models``.
+"""The model zoo: ``build(name, **hparams)``, ``param_count``, ``size_bytes``, ``flops``, ``list_models``.
 
 Importing this package registers every family (one module each). Models take values, never paths:
 NeXtVLAD's reverse whitening is a flag, and its eigenvalues are read by the caller
@@ -14,10 +14,12 @@ from yt8m_search.models.registry import (
     VideoModel,
     build,
     count,
+    flops,
     get_spec,
     hyperparameters,
     list_models,
     param_count,
+    recipe_defaults,
     resolve,
     size_bytes,
     storage_itemsize,
@@ -34,12 +36,14 @@ __all__ = [
     "VideoModel",
     "build",
     "count",
+    "flops",
     "get_spec",
     "hyperparameters",
     "list_models",
     "load_eigenvals",
     "module_count",
     "param_count",
+    "recipe_defaults",
     "resolve",
     "set_eigenvalues",
     "size_bytes",

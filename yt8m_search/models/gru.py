@@ -24,9 +24,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from yt8m_search.constants import FEATURE_DIM, NUM_CLASSES
-from yt8m_search.models.layers import Count, classifier_params, l2_normalize_frames, make_classifier
-from yt8m_search.models.netvlad import gating_params, make_gating, raise_errors, willow_errors
+from yt8m_search.constants import FEATURE_DIM, MAX_FRAMES, NUM_CLASSES
+from yt8m_search.models.layers import (
+    Count,
+    classifier_flops,
+    classifier_params,
+    dense_flops,
+    gating_flops,
+    gating_params,
+    l2_normalize_frames,
+    make_classifier,
+    make_gating,
+)
+from yt8m_search.models.netvlad import raise_errors, willow_errors
 from yt8m_search.models.registry import VideoModel, register
 
 
@@ -141,10 +151,29 @@ def gru_count(**hparams: Any) -> Count:
     )
 
 
+def gru_flops(**hparams: Any) -> int:
+    """Per frame and layer: the input matmul [in] -> [3H] and the recurrent one [H] -> [3H]."""
+    hp = hparams
+    raise_errors("gru", gru_errors(**{k: v for k, v in hp.items() if k != "input_l2"}))
+    h, layers = hp["hidden_size"], hp["num_layers"]
+    rnn = sum(
+        dense_flops(FEATURE_DIM if layer == 0 else h, 3 * h, rows=MAX_FRAMES) + dense_flops(h, 3 * h, rows=MAX_FRAMES)
+        for layer in range(layers)
+    )
+    state = layers * h
+    return (
+        rnn
+        + gating_flops(hp["gating"], state, hp["gating_reduction"])
+        + classifier_flops(hp["classifier"], state, hp["num_classes"], hp["num_mixtures"], hp["prob_gating"])
+    )
+
+
 TINY = dict(hidden_size=8, num_layers=2, num_classes=10)  # two layers: the state concatenation is exercised
 
 
-@register("gru", counter=gru_count, tiny=TINY)
+@register("gru", counter=gru_count, tiny=TINY,  # recipe: WILLOW README GRU command (spec 4.3, 4.4)
+          flops=gru_flops,
+          recipe={"batch_size": 128, "lr_decay": 0.9, "lr_decay_examples": 4_000_000, "l2": 1e-6})
 def gru(
     *,
     hidden_size: int = 1200,

@@ -1,5 +1,6 @@
 """Building blocks shared by the model families: TF-faithful initialisers and batch norm, the
-classifier heads (logistic, mixture of experts), the gating layers, input normalisation, the loss.
+classifier heads (logistic, mixture of experts), the gating layers, input normalisation and gating,
+the loss.
 
 Every head returns *logits*, so that the mixture model can mix branches in logit space and every
 family trains with the same numerically stable BCE-with-logits. The MoE head computes its logit
@@ -7,7 +8,10 @@ exactly from log-probabilities (never ``log(p / (1 - p))`` of a rounded probabil
 
 Parameter counts: every module here has a ``*_params`` twin that returns ``Count(params, stats)``
 analytically: ``params`` are trainable values, ``stats`` the stored non-trainable floats (batch-norm
-moving statistics, whitening scales) that an exported model also carries.
+moving statistics, whitening scales) that an exported model also carries. Forward cost: the
+``*_flops`` twins return the FLOPs of one video as ``torch.utils.flop_counter.FlopCounterMode``
+counts them (2 per multiply-accumulate of a matmul; element-wise work is free), see
+``registry.flops``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor, nn
 from yt8m_search.constants import NUM_CLASSES
 
 CLASSIFIERS = ("logistic", "moe")
+GATINGS = ("context", "se", "none")  # of a hidden vector: WILLOW's Context Gating, NeXtVLAD's SE gate, none
 
 
 class Count(NamedTuple):
@@ -61,7 +66,8 @@ def variance_scaling_(weight: Tensor, fan_in: int) -> Tensor:
 
 
 def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
-    """A Linear layer initialised like slim.fully_connected (variance scaling, zero bias)."""
+    """A Linear layer initialised as NeXtVLAD's code asks slim.fully_connected to (variance scaling,
+    zero bias); slim's own default, which the MoE heads keep, is ``xavier_dense``."""
     layer = nn.Linear(in_features, out_features, bias=bias)
     variance_scaling_(layer.weight, in_features)
     if bias:
@@ -71,6 +77,24 @@ def dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
 
 def dense_params(in_features: int, out_features: int, bias: bool = True) -> Count:
     return Count(in_features * out_features + (out_features if bias else 0), 0)
+
+
+def dense_flops(in_features: int, out_features: int, rows: int = 1) -> int:
+    """x [rows, in] @ W [in, out]: 2 per multiply-accumulate; FlopCounterMode ignores addmm's bias add."""
+    return 2 * rows * in_features * out_features
+
+
+def xavier_dense(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    """A Linear layer initialised like slim.fully_connected's default (xavier_initializer, zero bias).
+
+    Glorot uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)): what the starter's and WILLOW's
+    MoeModel get, as neither passes a weights_initializer.
+    """
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.xavier_uniform_(layer.weight)  # symmetric in fan_in and fan_out, so [out, in] is fine
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
 
 
 def batch_norm(num_features: int) -> nn.BatchNorm1d:
@@ -118,7 +142,9 @@ class MoeHead(nn.Module):
     """WILLOW's MoeModel: per class a softmax gate over M experts plus a dummy expert predicting 0.
 
     p = sum_m gate_m * sigmoid(expert_m). With ``prob_gating`` the "gated MoE" of the first-challenge
-    winner multiplies p by sigmoid(BN(p @ W)), a learned class-to-class gate.
+    winner multiplies p by sigmoid(BN(p @ W)), a learned class-to-class gate. Gate and expert weights
+    are Glorot uniform (``xavier_dense``): neither the starter's nor WILLOW's MoeModel passes an
+    initializer to slim.fully_connected.
     """
 
     def __init__(
@@ -129,8 +155,8 @@ class MoeHead(nn.Module):
             raise ValueError(f"num_mixtures must be >= 1, got {num_mixtures}")
         self.num_classes = num_classes
         self.num_mixtures = num_mixtures
-        self.gates = dense(hidden_size, num_classes * (num_mixtures + 1), bias=False)
-        self.experts = dense(hidden_size, num_classes * num_mixtures)
+        self.gates = xavier_dense(hidden_size, num_classes * (num_mixtures + 1), bias=False)
+        self.experts = xavier_dense(hidden_size, num_classes * num_mixtures)
         self.prob_gating = prob_gating
         if prob_gating:
             self.gate_fc = dense(num_classes, num_classes, bias=False)
@@ -182,6 +208,16 @@ def classifier_params(
     return count
 
 
+def classifier_flops(
+    classifier: str, hidden_size: int, num_classes: int, num_mixtures: int, prob_gating: bool
+) -> int:
+    """One video's head: logistic H -> C; MoE gates H -> C(M+1), experts H -> CM, prob gate C -> C."""
+    if classifier == "logistic":
+        return dense_flops(hidden_size, num_classes)
+    flops = dense_flops(hidden_size, num_classes * (2 * num_mixtures + 1))
+    return flops + (dense_flops(num_classes, num_classes) if prob_gating else 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Gating: h [B, H] -> h * gate [B, H]
 
@@ -207,6 +243,10 @@ def se_gating_params(hidden_size: int, reduction: int) -> Count:
     return dense_params(hidden_size, r, bias=False) + batch_norm_params(r) + dense_params(r, hidden_size, bias=False)
 
 
+def se_gating_flops(hidden_size: int, reduction: int) -> int:
+    return 2 * dense_flops(hidden_size, hidden_size // reduction)  # squeeze H -> H/r, excite H/r -> H
+
+
 class ContextGating(nn.Module):
     """WILLOW's Context Gating, h * sigmoid(BN(h @ W)); batch norm stands in for the bias."""
 
@@ -224,6 +264,36 @@ def context_gating_params(hidden_size: int) -> Count:
     return dense_params(hidden_size, hidden_size, bias=False) + batch_norm_params(hidden_size)
 
 
+def context_gating_flops(hidden_size: int) -> int:
+    return dense_flops(hidden_size, hidden_size)
+
+
+def make_gating(gating: str, size: int, reduction: int) -> nn.Module:
+    if gating == "context":
+        return ContextGating(size)
+    if gating == "se":
+        return SEGating(size, reduction)
+    if gating == "none":
+        return nn.Identity()
+    raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+
+
+def gating_params(gating: str, size: int, reduction: int) -> Count:
+    if gating == "context":
+        return context_gating_params(size)
+    if gating == "se":
+        return se_gating_params(size, reduction)
+    return Count(0, 0)
+
+
+def gating_flops(gating: str, size: int, reduction: int) -> int:
+    if gating == "context":
+        return context_gating_flops(size)
+    if gating == "se":
+        return se_gating_flops(size, reduction)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Input normalisation: features [B, T, 1152] -> [B, T, 1152] (NeXtVLAD's reverse whitening: whitening.py)
 
@@ -231,6 +301,46 @@ def context_gating_params(hidden_size: int) -> Count:
 def l2_normalize_frames(x: Tensor) -> Tensor:
     """The starter/WILLOW input normalisation: each 1152-d frame (rgb and audio jointly) to unit L2."""
     return F.normalize(x, dim=-1, eps=1e-12)
+
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """x [B, T, D], mask [B, T] bool or None (all valid) -> mean over each video's valid frames [B, D].
+
+    A video without valid frames gets 0. A sum and a division, no matmul: FlopCounterMode counts
+    nothing here (``input_gating_flops`` relies on that).
+    """
+    if mask is None:
+        return x.mean(dim=1)
+    weight = mask.to(x.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (x * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1)
+
+
+class InputGating(nn.Module):
+    """S3D-G's self-gating of features (Xie et al. 2018): every frame times sigmoid(W x̄ + b), x̄ the
+    video's mean frame. One gate per channel and video, so channels that matter for this video are
+    kept and the rest damped before any aggregation sees them. Weights as ``dense``.
+    """
+
+    def __init__(self, feature_size: int) -> None:
+        super().__init__()
+        self.fc = dense(feature_size, feature_size)
+
+    def gate(self, pooled: Tensor) -> Tensor:
+        """The temporally pooled input [B, D] -> the gate [B, D] in (0, 1)."""
+        return torch.sigmoid(self.fc(pooled))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x [B, T, D], mask [B, T] bool or None -> gated x [B, T, D]; padded frames stay what they were
+        times the gate (the mask, not the value, marks padding)."""
+        return x * self.gate(masked_mean(x, mask)).unsqueeze(1)
+
+
+def input_gating_params(feature_size: int) -> Count:
+    return dense_params(feature_size, feature_size)
+
+
+def input_gating_flops(feature_size: int) -> int:
+    return dense_flops(feature_size, feature_size)  # once per video; the gating itself is element-wise
 
 
 # ---------------------------------------------------------------------------------------------

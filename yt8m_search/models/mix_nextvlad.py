@@ -27,12 +27,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yt8m_search.constants import FEATURE_DIM, MAX_FRAMES, NUM_CLASSES
-from yt8m_search.models.layers import Count, batch_norm, batch_norm_params, bce_loss, dense, dense_params
+from yt8m_search.models.layers import (
+    Count,
+    batch_norm,
+    batch_norm_params,
+    bce_loss,
+    dense,
+    dense_flops,
+    dense_params,
+)
 from yt8m_search.models.nextvlad import (
     Frames,
     NeXtVLADModel,
+    branch_structure,
     gather_frames,
     nextvlad_branch_count,
+    nextvlad_branch_flops,
     validate_nextvlad,
 )
 from yt8m_search.models.registry import MixtureOutput, ModelOutput, VideoModel, register
@@ -126,24 +136,31 @@ class MixNeXtVLADModel(VideoModel):
 
 
 def mix_nextvlad_count(**hparams: Any) -> Count:
-    mixture = ("num_branches", "temperature", "distill_weight", "reverse_whitening")
     _validate_mixture(hparams["num_branches"], hparams["temperature"], hparams["distill_weight"])
-    branch = {k: v for k, v in hparams.items() if k not in mixture}
-    validate_nextvlad(**branch)
-    del branch["dropout"]  # dropout has no parameters
     num_branches = hparams["num_branches"]
     return (
-        nextvlad_branch_count(**branch) * num_branches
+        nextvlad_branch_count(**branch_structure(hparams)) * num_branches
         + dense_params(FEATURE_DIM, num_branches)
         + batch_norm_params(FEATURE_DIM)
         + reverse_whitening_params(hparams["reverse_whitening"])
     )
 
 
+def mix_nextvlad_flops(**hparams: Any) -> int:
+    """M branches, the gate 1152 -> M on the frame mean, and the logit mixture Σ_m w_m z_m: a bmm,
+    except for one branch, where einsum multiplies element-wise (not counted)."""
+    _validate_mixture(hparams["num_branches"], hparams["temperature"], hparams["distill_weight"])
+    m = hparams["num_branches"]
+    mixing = dense_flops(FEATURE_DIM, m) + (dense_flops(m, hparams["num_classes"]) if m > 1 else 0)
+    return nextvlad_branch_flops(**branch_structure(hparams)) * m + mixing
+
+
 TINY = dict(num_branches=2, groups=2, clusters=4, expansion=1, hidden_size=8, gating_reduction=2, num_classes=10)
 
 
-@register("mix_nextvlad", counter=mix_nextvlad_count, tiny=TINY, upgrade=upgrade_pca_eigenvals)
+@register(
+    "mix_nextvlad", counter=mix_nextvlad_count, flops=mix_nextvlad_flops, tiny=TINY, upgrade=upgrade_pca_eigenvals
+)
 def mix_nextvlad(
     *,
     num_branches: int = 3,
@@ -160,14 +177,16 @@ def mix_nextvlad(
     prob_gating: bool = False,
     reverse_whitening: bool = False,
     num_classes: int = NUM_CLASSES,
+    input_gating: bool = False,
 ) -> MixNeXtVLADModel:
     """Mixture of num_branches NeXtVLAD models with on-the-fly distillation (linrongc final submission).
 
     temperature T of the distillation softmax (0: no distillation, the loss is the sum of the
     1 + M BCEs); distill_weight λ of the KL term (None: T², the paper's Eq. 16). The remaining
     hyperparameters are each branch's (see ``nextvlad``; reverse_whitening is applied once, before
-    the gate and the branches); defaults are the final submission's
-    3 × (8G / 112K / 2048H / r16), 235,935,273 parameters, 944.6 MB in fp32 with BN statistics.
+    the gate and the branches; input_gating gates each branch's input with its own gate); defaults
+    are the final submission's 3 × (8G / 112K / 2048H / r16), 235,935,273 parameters, 944.6 MB in
+    fp32 with BN statistics.
     """
     _validate_mixture(num_branches, temperature, distill_weight)
     validate_nextvlad(
@@ -180,5 +199,5 @@ def mix_nextvlad(
         reverse_whitening=reverse_whitening,
         groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
         gating_reduction=gating_reduction, dropout=dropout, classifier=classifier,
-        num_mixtures=num_mixtures, prob_gating=prob_gating, num_classes=num_classes,
+        num_mixtures=num_mixtures, prob_gating=prob_gating, num_classes=num_classes, input_gating=input_gating,
     )  # fmt: skip

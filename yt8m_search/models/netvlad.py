@@ -19,15 +19,18 @@ Masking, frame sampling, and the deliberate deviations from WILLOW
 ------------------------------------------------------------------
 * WILLOW always draws ``iterations`` frame indices floor(U[0,1) * num_frames) with replacement
   (SampleRandomFrames), at training AND evaluation, so its evaluation is stochastic. Here
-  ``sample_frames = 0`` (default) aggregates over all valid frames (mask) in both modes;
+  ``sample_frames = 0`` (default) aggregates over all valid frames (mask) in both modes, each
+  weighted 300/n (n = valid frames): the expectation of the release's sum over 300 sampled frames.
   ``sample_frames = S > 0`` draws S indices uniformly with replacement from each video's valid
-  frames in TRAINING mode only. In EVAL mode every valid frame is used, weighted S/n (n = valid
-  frames): the expectation of the training-time sampled sum, deterministic. The weight cancels in
-  the normalisations of NetVLAD, NetRVLAD and Soft-BoF; it keeps the residual scale (hence the
-  attention sharpness) of the non-local variants at what training saw (``pooling.select_frames``).
+  frames in TRAINING mode only. In EVAL mode every valid frame is used, weighted S/n: the
+  expectation of the training-time sampled sum, deterministic. The weight cancels in the
+  normalisations of NetVLAD, NetRVLAD and Soft-BoF; it keeps the residual scale (hence the
+  attention sharpness) of the non-local variants independent of the video's length, as the
+  release's was (``pooling.select_frames``; nonlocal_netvlad.py's docstring).
 * Input BN and the assignment BN use valid (or sampled) frames only (``layers.masked_batch_norm``);
   padded frames get zero assignment weight, so appending padding never changes an eval output.
-* ``dropout`` (on the concatenated descriptor) is not in WILLOW (default 0 = off).
+* ``dropout`` (on the concatenated descriptor) is not in WILLOW (default 0 = off), nor is
+  ``input_gating`` (S3D-G's feature gating, ``layers.InputGating``, after the input BN; default off).
 * ``audio=False`` gives a video-only model whose input BN covers the 1024 rgb columns only (WILLOW
   normalised all 1152 columns before slicing, leaving 256 audio BN parameters unused).
 * Initialisation follows WILLOW: cluster weights and centres N(0, 1/sqrt(D)), hidden weights
@@ -44,27 +47,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yt8m_search.constants import FEATURE_DIM, NUM_CLASSES, RGB_DIM
+from yt8m_search.constants import FEATURE_DIM, MAX_FRAMES, NUM_CLASSES, RGB_DIM
 from yt8m_search.models.layers import (
     CLASSIFIERS,
-    ContextGating,
+    GATINGS,
     Count,
-    SEGating,
+    InputGating,
     batch_norm,
     batch_norm_params,
+    classifier_flops,
     classifier_params,
-    context_gating_params,
+    dense_flops,
     dense_params,
+    gating_flops,
+    gating_params,
+    input_gating_flops,
+    input_gating_params,
     l2_normalize_frames,
     make_classifier,
+    make_gating,
     masked_batch_norm,
-    se_gating_params,
 )
 from yt8m_search.models.pooling import ResidualBlock, SoftBoFPooling, VladPooling, select_frames
 from yt8m_search.models.registry import VideoModel, register
 
 POOLINGS = ("netvlad", "netrvlad", "soft_bof")
-GATINGS = ("context", "se", "none")
 AUDIO_CLUSTER_DIVISOR = {"netvlad": 2, "netrvlad": 2, "soft_bof": 8}  # audio stream: K/2 or K/8
 
 
@@ -107,6 +114,15 @@ class StreamSpec:
             c = c + self.block.count()
         return c
 
+    def flops(self, frames: int) -> int:
+        """Assignment x Wc [T, D] @ [D, K]; VLAD residuals a^T x [K, T] @ [T, D] (+ the block)."""
+        f = dense_flops(self.feature_size, self.clusters, rows=frames)
+        if self.pooling != "soft_bof":
+            f += dense_flops(frames, self.feature_size, rows=self.clusters)
+        if self.block is not None:
+            f += self.block.flops(self.clusters)
+        return f
+
 
 @dataclass(frozen=True)
 class WillowSpec:
@@ -122,6 +138,7 @@ class WillowSpec:
     input_bn: bool
     sample_frames: int
     num_classes: int
+    input_gating: bool = False
 
     @property
     def input_size(self) -> int:
@@ -202,27 +219,11 @@ def raise_errors(name: str, errors: list[str]) -> None:
         raise ValueError(f"{name}: " + "; ".join(errors))
 
 
-def make_gating(gating: str, size: int, reduction: int) -> nn.Module:
-    if gating == "context":
-        return ContextGating(size)
-    if gating == "se":
-        return SEGating(size, reduction)
-    if gating == "none":
-        return nn.Identity()
-    raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
-
-
-def gating_params(gating: str, size: int, reduction: int) -> Count:
-    if gating == "context":
-        return context_gating_params(size)
-    if gating == "se":
-        return se_gating_params(size, reduction)
-    return Count(0, 0)
-
-
 def willow_count(spec: WillowSpec) -> Count:
     """The exact (parameters, BN statistics) of ``WillowModel(spec)``."""
     c = batch_norm_params(spec.input_size) if spec.input_bn else Count(0, 0)
+    if spec.input_gating:
+        c = c + input_gating_params(spec.input_size)
     for stream in spec.streams:
         c = c + stream.count()
     c = c + dense_params(spec.pooled_size, spec.hidden_size, bias=not spec.hidden_bn_relu)
@@ -231,6 +232,16 @@ def willow_count(spec: WillowSpec) -> Count:
     c = c + gating_params(spec.gating, spec.hidden_size, spec.gating_reduction)
     head = classifier_params(spec.classifier, spec.hidden_size, spec.num_classes, spec.num_mixtures, spec.prob_gating)
     return c + head
+
+
+def willow_flops(spec: WillowSpec) -> int:
+    """The forward FLOPs of ``WillowModel(spec)`` on one video of 300 frames (``registry.flops``)."""
+    f = input_gating_flops(spec.input_size) if spec.input_gating else 0
+    f += sum(stream.flops(MAX_FRAMES) for stream in spec.streams)
+    f += dense_flops(spec.pooled_size, spec.hidden_size)
+    f += gating_flops(spec.gating, spec.hidden_size, spec.gating_reduction)
+    head = classifier_flops(spec.classifier, spec.hidden_size, spec.num_classes, spec.num_mixtures, spec.prob_gating)
+    return f + head
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +256,7 @@ class WillowModel(VideoModel):
         super().__init__()
         self.spec = spec
         self.input_bn = batch_norm(spec.input_size) if spec.input_bn else None
+        self.input_gating = InputGating(spec.input_size) if spec.input_gating else None
         self.pools = nn.ModuleList(stream.build() for stream in spec.streams)
         self.dropout = nn.Dropout(spec.dropout)
         self.hidden = nn.Linear(spec.pooled_size, spec.hidden_size, bias=not spec.hidden_bn_relu)
@@ -270,6 +282,8 @@ class WillowModel(VideoModel):
         x, mask, weight = select_frames(x, mask.bool(), self.spec.sample_frames, self.training)
         if self.input_bn is not None:
             x = masked_batch_norm(self.input_bn, x, mask)
+        if self.input_gating is not None:
+            x = self.input_gating(x, mask)
         pooled = [pool(x[..., s.start : s.stop], mask, weight) for s, pool in zip(self.spec.streams, self.pools)]
         return torch.cat(pooled, dim=1)  # [B, sum of the streams' output sizes]
 
@@ -300,6 +314,7 @@ def family_spec(
     sample_frames: int,
     audio: bool,
     num_classes: int,
+    input_gating: bool,
     maxpool: bool = False,
 ) -> WillowSpec:
     """Validated spec of a plain (no residual block) WILLOW model."""
@@ -313,7 +328,7 @@ def family_spec(
         streams=two_streams(pooling, clusters, audio, maxpool),
         hidden_size=hidden_size, hidden_bn_relu=hidden_bn_relu, gating=gating, gating_reduction=gating_reduction,
         classifier=classifier, num_mixtures=num_mixtures, prob_gating=prob_gating, dropout=dropout,
-        input_bn=input_bn, sample_frames=sample_frames, num_classes=num_classes,
+        input_bn=input_bn, sample_frames=sample_frames, num_classes=num_classes, input_gating=input_gating,
     )  # fmt: skip
 
 
@@ -329,7 +344,13 @@ def netvlad_count(**hparams: Any) -> Count:
     return willow_count(family_spec("netvlad", **hparams))
 
 
-@register("netvlad", counter=netvlad_count, tiny=TINY_VLAD)
+def netvlad_flops(**hparams: Any) -> int:
+    return willow_flops(family_spec("netvlad", **hparams))
+
+
+@register("netvlad", counter=netvlad_count, tiny=TINY_VLAD,  # recipe: WILLOW README (spec 4.4, 6)
+          flops=netvlad_flops,
+          recipe={"batch_size": 80, "lr_decay": 0.8, "lr_decay_examples": 4_000_000, "l2": 1e-6})
 def netvlad(
     *,
     clusters: int = 64,
@@ -345,6 +366,7 @@ def netvlad(
     sample_frames: int = 0,
     audio: bool = True,
     num_classes: int = NUM_CLASSES,
+    input_gating: bool = False,
 ) -> WillowModel:
     """WILLOW NetVLAD (NetVLADModelLF): video NetVLAD(1024, K) ‖ audio NetVLAD(128, K/2) -> hidden FC
     -> gating -> classifier.
@@ -353,9 +375,10 @@ def netvlad(
     BN, relu6; gating 'context' | 'se' (gating_reduction r) | 'none'; classifier 'logistic' | 'moe'
     (num_mixtures, prob_gating); dropout on the pooled descriptor; input_bn on the valid frames;
     sample_frames S > 0: train on S frames sampled with replacement (eval: all valid frames);
-    audio False: video stream only. Best WILLOW single model: clusters=256, prob_gating=True
-    (321,528,380 parameters). Paper-Table "NetVLAD 128K 2048H": clusters=128, hidden_size=2048,
-    hidden_bn_relu=True, classifier='logistic' (297,609,622).
+    audio False: video stream only; input_gating: S3D-G feature gating of every frame before
+    pooling. Best WILLOW single model: clusters=256, prob_gating=True (321,528,380 parameters).
+    Paper-Table "NetVLAD 128K 2048H": clusters=128, hidden_size=2048, hidden_bn_relu=True,
+    classifier='logistic' (297,609,622).
     """
     return WillowModel(family_spec("netvlad", **locals()))
 
@@ -364,7 +387,13 @@ def netrvlad_count(**hparams: Any) -> Count:
     return willow_count(family_spec("netrvlad", **hparams))
 
 
-@register("netrvlad", counter=netrvlad_count, tiny=TINY_VLAD)
+def netrvlad_flops(**hparams: Any) -> int:
+    return willow_flops(family_spec("netrvlad", **hparams))
+
+
+@register("netrvlad", counter=netrvlad_count, tiny=TINY_VLAD,  # recipe: WILLOW README (spec 4.4, 6)
+          flops=netrvlad_flops,
+          recipe={"batch_size": 80, "lr_decay": 0.8, "lr_decay_examples": 4_000_000, "l2": 1e-6})
 def netrvlad(
     *,
     clusters: int = 64,
@@ -380,6 +409,7 @@ def netrvlad(
     sample_frames: int = 0,
     audio: bool = True,
     num_classes: int = NUM_CLASSES,
+    input_gating: bool = False,
 ) -> WillowModel:
     """WILLOW NetRVLAD ("LightVLAD", ``--lightvlad``): NetVLAD without cluster centres; otherwise as
     ``netvlad`` (video K clusters, audio K/2)."""
@@ -390,7 +420,13 @@ def soft_bof_count(**hparams: Any) -> Count:
     return willow_count(family_spec("soft_bof", **hparams))
 
 
-@register("soft_bof", counter=soft_bof_count, tiny=TINY_BOF)
+def soft_bof_flops(**hparams: Any) -> int:
+    return willow_flops(family_spec("soft_bof", **hparams))
+
+
+@register("soft_bof", counter=soft_bof_count, tiny=TINY_BOF,  # WILLOW; its command keeps the default moe_l2
+          flops=soft_bof_flops,
+          recipe={"batch_size": 80, "lr_decay": 0.8, "lr_decay_examples": 4_000_000, "l2": 1e-8})
 def soft_bof(
     *,
     clusters: int = 8000,
@@ -407,6 +443,7 @@ def soft_bof(
     sample_frames: int = 0,
     audio: bool = True,
     num_classes: int = NUM_CLASSES,
+    input_gating: bool = False,
 ) -> WillowModel:
     """WILLOW Soft-BoF (SoftDbofModelLF): video SoftDBoF(1024, K) ‖ audio SoftDBoF(128, K/8), each
     l2norm(sum_t softmax(BN(x Wc))) (+ the max-pool branch when maxpool) -> hidden FC -> classifier.

@@ -16,28 +16,37 @@ padding share cannot be reproduced anyway), short videos cost less compute, and 
 output does not change when padding frames are appended.
 
 Reverse whitening (§3.1) is applied to the gathered valid rows, so padded frames are never
-transformed at all.
+transformed at all. ``input_gating`` (not in the paper, off by default) gates every frame with
+S3D-G's feature gating (``layers.InputGating``) on the mean of the video's valid (transformed)
+frames, per branch, before both streams.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, NUM_CLASSES, RGB_DIM
+from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, MAX_FRAMES, NUM_CLASSES, RGB_DIM
 from yt8m_search.models.layers import (
     CLASSIFIERS,
     Count,
+    InputGating,
     SEGating,
     batch_norm,
     batch_norm_params,
+    classifier_flops,
     classifier_params,
     dense,
+    dense_flops,
     dense_params,
+    input_gating_flops,
+    input_gating_params,
     make_classifier,
+    se_gating_flops,
     se_gating_params,
     variance_scaling_,
 )
@@ -150,6 +159,13 @@ def nextvlad_stream_params(feature_size: int, groups: int, clusters: int, expans
     )
 
 
+def nextvlad_stream_flops(feature_size: int, groups: int, clusters: int, expansion: int) -> int:
+    """Expansion, attention and cluster FCs on each of the 300 frames, then xgᵀ [Ng, T·G] @ act [T·G, K]."""
+    wide, t = expansion * feature_size, MAX_FRAMES
+    per_frame = dense_flops(feature_size, wide) + dense_flops(wide, groups) + dense_flops(wide, groups * clusters)
+    return t * per_frame + dense_flops(t * groups, clusters, rows=wide // groups)
+
+
 # ---------------------------------------------------------------------------------------------
 # The single model
 
@@ -223,6 +239,7 @@ class NeXtVLADModel(VideoModel):
         prob_gating: bool = False,
         reverse_whitening: bool = False,
         num_classes: int = NUM_CLASSES,
+        input_gating: bool = False,
     ) -> None:
         super().__init__()
         validate_nextvlad(
@@ -232,6 +249,7 @@ class NeXtVLADModel(VideoModel):
         )  # fmt: skip
         # The scale is a placeholder until set_eigenvalues (or a state dict) fills it.
         self.whitening = ReverseWhitening() if reverse_whitening else None
+        self.input_gating = InputGating(FEATURE_DIM) if input_gating else None
         self.video = NeXtVLAD(RGB_DIM, groups, clusters, expansion)
         self.audio = NeXtVLAD(AUDIO_DIM, groups // 2, clusters // 2, expansion)
         self.dropout = nn.Dropout(dropout)
@@ -255,6 +273,8 @@ class NeXtVLADModel(VideoModel):
 
     def forward_frames(self, frames: Frames) -> Tensor:
         """Prepared frames (rows [Nv, 1152]) -> logits [B, C]."""
+        if self.input_gating is not None:  # the gate needs each video's frames: [B, T, 1152] and back
+            frames = gather_frames(self.input_gating(_scatter(frames.rows, frames), frames.mask), frames.mask)
         rows = frames.rows
         v = self.video.aggregate(frames._replace(rows=rows[:, :RGB_DIM]))  # [B, K·2048/G]
         a = self.audio.aggregate(frames._replace(rows=rows[:, RGB_DIM:]))  # [B, K·256/G]
@@ -275,14 +295,17 @@ def nextvlad_branch_count(
     num_mixtures: int,
     prob_gating: bool,
     num_classes: int,
+    input_gating: bool,
 ) -> Count:
     """One NeXtVLADModel without the input transform."""
+    gate = input_gating_params(FEATURE_DIM) if input_gating else Count(0, 0)
     video = nextvlad_stream_params(RGB_DIM, groups, clusters, expansion)
     audio = nextvlad_stream_params(AUDIO_DIM, groups // 2, clusters // 2, expansion)
     # D = Ng·K of the video stream + Ng·K of the audio stream
     d = (expansion * RGB_DIM // groups) * clusters + (expansion * AUDIO_DIM // (groups // 2)) * (clusters // 2)
     return (
-        video
+        gate
+        + video
         + audio
         + dense_params(d, hidden_size, bias=False)
         + batch_norm_params(hidden_size)
@@ -291,17 +314,57 @@ def nextvlad_branch_count(
     )
 
 
+def nextvlad_branch_flops(
+    *,
+    groups: int,
+    clusters: int,
+    expansion: int,
+    hidden_size: int,
+    gating_reduction: int,
+    classifier: str,
+    num_mixtures: int,
+    prob_gating: bool,
+    num_classes: int,
+    input_gating: bool,
+) -> int:
+    """One NeXtVLADModel's forward FLOPs on one video of 300 frames (the input transform is free)."""
+    d = (expansion * RGB_DIM // groups) * clusters + (expansion * AUDIO_DIM // (groups // 2)) * (clusters // 2)
+    return (
+        (input_gating_flops(FEATURE_DIM) if input_gating else 0)
+        + nextvlad_stream_flops(RGB_DIM, groups, clusters, expansion)
+        + nextvlad_stream_flops(AUDIO_DIM, groups // 2, clusters // 2, expansion)
+        + dense_flops(d, hidden_size)
+        + se_gating_flops(hidden_size, gating_reduction)
+        + classifier_flops(classifier, hidden_size, num_classes, num_mixtures, prob_gating)
+    )
+
+
+VALIDATED = (
+    "groups", "clusters", "expansion", "hidden_size", "gating_reduction", "dropout", "classifier", "num_mixtures",
+    "prob_gating", "num_classes",
+)  # fmt: skip
+
+
+def branch_structure(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``nextvlad_branch_count`` / ``_flops`` taken from complete hyperparameters (of
+    nextvlad or mix_nextvlad), validated first (ValueError)."""
+    validate_nextvlad(**{k: hparams[k] for k in VALIDATED})
+    structure = {k: hparams[k] for k in VALIDATED if k != "dropout"}  # no parameters, no FLOPs
+    return {**structure, "input_gating": hparams["input_gating"]}
+
+
 def nextvlad_count(**hparams: Any) -> Count:
-    branch = {k: v for k, v in hparams.items() if k != "reverse_whitening"}
-    validate_nextvlad(**branch)
-    del branch["dropout"]  # dropout has no parameters
-    return nextvlad_branch_count(**branch) + reverse_whitening_params(hparams["reverse_whitening"])
+    return nextvlad_branch_count(**branch_structure(hparams)) + reverse_whitening_params(hparams["reverse_whitening"])
+
+
+def nextvlad_flops(**hparams: Any) -> int:
+    return nextvlad_branch_flops(**branch_structure(hparams))
 
 
 TINY = dict(groups=2, clusters=4, expansion=1, hidden_size=8, gating_reduction=2, num_classes=10)
 
 
-@register("nextvlad", counter=nextvlad_count, tiny=TINY, upgrade=upgrade_pca_eigenvals)
+@register("nextvlad", counter=nextvlad_count, flops=nextvlad_flops, tiny=TINY, upgrade=upgrade_pca_eigenvals)
 def nextvlad(
     *,
     groups: int = 8,
@@ -315,6 +378,7 @@ def nextvlad(
     prob_gating: bool = False,
     reverse_whitening: bool = False,
     num_classes: int = NUM_CLASSES,
+    input_gating: bool = False,
 ) -> NeXtVLADModel:
     """NeXtVLAD two-stream model with SE context gating (linrongc, 2nd YouTube-8M challenge).
 
@@ -323,6 +387,7 @@ def nextvlad(
     'logistic' (the paper's) or 'moe' (num_mixtures experts, optional prob_gating);
     reverse_whitening: undo the PCA whitening of rgb (the paper's input); the model then holds the
     scale buffer, filled by ``models.set_eigenvalues`` (or a state dict), never read from a file.
+    input_gating: S3D-G feature gating of every frame before both streams (+1152² + 1152 params).
     Defaults: the paper's local configuration 8G / 128K / 2048H / r8 (88,889,378 parameters).
     """
     validate_nextvlad(
@@ -334,5 +399,5 @@ def nextvlad(
         groups=groups, clusters=clusters, expansion=expansion, hidden_size=hidden_size,
         gating_reduction=gating_reduction, dropout=dropout, classifier=classifier,
         num_mixtures=num_mixtures, prob_gating=prob_gating, reverse_whitening=reverse_whitening,
-        num_classes=num_classes,
+        num_classes=num_classes, input_gating=input_gating,
     )  # fmt: skip

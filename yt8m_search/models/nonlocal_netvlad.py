@@ -22,6 +22,20 @@ Variants (``variant``), each with the release's hard-coded defaults:
 An explicit ``embedding_size`` sets K' of the video (or fused) block; the audio block keeps the
 default ratio (late K'/2, netrvlad K'/8). An explicit ``nonlocal_temperature`` applies to every block.
 Frame handling, masking and the other hyperparameters are those of netvlad.py (module docstring).
+
+Video length: a deliberate deviation from the release
+------------------------------------------------------
+The release always aggregates 300 frames sampled with replacement, so R has the scale of a sum over
+300 frames whatever the video's length. Summed over the n valid frames instead (``sample_frames=0``),
+R would scale with n, θφᵀ with n², and the block would attend more sharply to long videos than to
+short ones: with trained-like weights, repeating every frame of a video (same frames, n doubled)
+moved the paper-size late-fusion logits by 1.6e-2 to 9.5e-2 and the early-fusion ones by 6e-3 to
+2e-2 (issue 16 measured 3.2e-2 and 2.3e-2), while plain NetVLAD, which normalises the scale away,
+moved by < 4e-7. So every valid frame is weighted 300/n
+(``pooling.select_frames``): R is the expectation of the release's 300-frame sum, and the output
+depends on the distribution of a video's frames, not their count (repeating every frame changes
+nothing beyond float error, for every variant). The release is stochastic at evaluation; this is
+its deterministic expectation at the level of R, not of the block's output.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from yt8m_search.constants import AUDIO_DIM, FEATURE_DIM, NUM_CLASSES, RGB_DIM
-from yt8m_search.models.layers import Count
+from yt8m_search.models.layers import Count, dense_flops
 from yt8m_search.models.netvlad import (
     StreamSpec,
     WillowModel,
@@ -43,6 +57,7 @@ from yt8m_search.models.netvlad import (
     two_streams,
     willow_count,
     willow_errors,
+    willow_flops,
 )
 from yt8m_search.models.registry import register
 
@@ -89,6 +104,11 @@ class NonLocalSpec:
 
     def count(self) -> Count:
         return Count(4 * self.feature_size * self.embedding_size, 0)  # θ, φ, g, out
+
+    def flops(self, clusters: int) -> int:
+        """θ, φ, g and out on K rows [K, D] <-> [K, K']; θφᵀ [K, K'] @ [K', K]; A g [K, K] @ [K, K']."""
+        d, e, k = self.feature_size, self.embedding_size, clusters
+        return 4 * dense_flops(d, e, rows=k) + 2 * dense_flops(e, k, rows=k)
 
 
 def nonlocal_streams(
@@ -139,6 +159,7 @@ def nonlocal_spec(
     sample_frames: int,
     audio: bool,
     num_classes: int,
+    input_gating: bool,
 ) -> WillowSpec:
     """Validated structure of a non-local NetVLAD model."""
     errors = []
@@ -161,6 +182,7 @@ def nonlocal_spec(
         streams=streams, hidden_size=hidden_size, hidden_bn_relu=hidden_bn_relu, gating=gating,
         gating_reduction=gating_reduction, classifier=classifier, num_mixtures=mixtures, prob_gating=prob_gating,
         dropout=dropout, input_bn=input_bn, sample_frames=sample_frames, num_classes=num_classes,
+        input_gating=input_gating,
     )  # fmt: skip
 
 
@@ -171,10 +193,16 @@ def nonlocal_netvlad_count(**hparams: Any) -> Count:
     return willow_count(nonlocal_spec(**hparams))
 
 
+def nonlocal_netvlad_flops(**hparams: Any) -> int:
+    return willow_flops(nonlocal_spec(**hparams))
+
+
 TINY = dict(clusters=4, hidden_size=16, num_classes=10)  # the late variant: two blocks, MoE-8, prob gating
 
 
-@register("nonlocal_netvlad", counter=nonlocal_netvlad_count, tiny=TINY)
+@register("nonlocal_netvlad", counter=nonlocal_netvlad_count, tiny=TINY,  # recipe: the release (spec 5)
+          flops=nonlocal_netvlad_flops,
+          recipe={"batch_size": 80, "lr_decay": 0.8, "l2": 1e-8})
 def nonlocal_netvlad(
     *,
     variant: str = "late",
@@ -193,6 +221,7 @@ def nonlocal_netvlad(
     sample_frames: int = 0,
     audio: bool = True,
     num_classes: int = NUM_CLASSES,
+    input_gating: bool = False,
 ) -> WillowModel:
     """Non-local NetVLAD (Tencent/Fudan 2018): NetVLAD with an embedded-Gaussian non-local block over
     the cluster residuals, before intra-normalisation.
@@ -202,6 +231,6 @@ def nonlocal_netvlad(
     (None: late K, early K, netrvlad D/2); nonlocal_temperature t of softmax(θφᵀ/t) (None: late 64,
     early/netrvlad sqrt(D)); num_mixtures (None: late 8, early 2, netrvlad 4). clusters K (audio
     K/2), hidden_size, gating, classifier, prob_gating, dropout, input_bn, hidden_bn_relu,
-    sample_frames, audio: as ``netvlad``.
+    sample_frames, audio, input_gating: as ``netvlad``.
     """
     return WillowModel(nonlocal_spec(**locals()))

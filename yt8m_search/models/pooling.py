@@ -13,7 +13,9 @@ Soft-BoF: s = l2norm(sum_t a_t)  [K]  (+ l2norm(max_t a_t) when ``maxpool``)
 
 The assignment BN uses valid (or sampled) frames only (``layers.masked_batch_norm``) and padded
 frames get zero assignment weight, so appending padding never changes an eval output. Frame
-sampling (``select_frames``) is described in netvlad.py's module docstring. Initialisation follows
+sampling and the aggregation weight (``select_frames``: the sums always stand for as many frames as
+the release aggregated, 300 or S, whatever a video's length) are described in netvlad.py's module
+docstring. Initialisation follows
 WILLOW: cluster weights and centres N(0, 1/sqrt(D)).
 """
 
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from yt8m_search.constants import MAX_FRAMES
 from yt8m_search.models.layers import Count, batch_norm, masked_batch_norm
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +55,8 @@ class ResidualBlock(Protocol):
     def build(self) -> nn.Module: ...  # module mapping residuals [B, K, D] -> [B, K, D]
 
     def count(self) -> Count: ...
+
+    def flops(self, clusters: int) -> int: ...  # on residuals [K, D] of one video
 
 
 class VladPooling(nn.Module):
@@ -116,8 +121,10 @@ def select_frames(x: Tensor, mask: Tensor, sample_frames: int, training: bool) -
     """x [B, T, F], mask [B, T] -> (frames, mask, aggregation weight), see netvlad.py's docstring.
 
     Training with S > 0: S indices floor(U[0,1) * n) into each video's valid frames (with
-    replacement) -> [B, S, F], all valid (a video without frames stays all masked). Otherwise the
-    input itself, weight = mask (times S/n in eval when S > 0).
+    replacement) -> [B, S, F], all valid, weight 1 (a video without frames stays all masked).
+    Otherwise the input itself, each valid frame weighted F/n (padding 0), F = S or, with S = 0,
+    300: a sum over the n valid frames then has the scale of the release's sum over F sampled
+    frames, independent of n (the non-local block's input; the other poolings normalise it away).
     """
     n = mask.sum(dim=1)  # [B] valid frames
     if sample_frames > 0 and training:
@@ -129,7 +136,7 @@ def select_frames(x: Tensor, mask: Tensor, sample_frames: int, training: bool) -
         frames = x.gather(1, pos.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         sampled_mask = (n > 0).unsqueeze(1).expand(b, s).contiguous()
         return frames, sampled_mask, sampled_mask.to(x.dtype)
-    weight = mask.to(x.dtype)
-    if sample_frames > 0:  # eval: the expectation of the training-time sum over S sampled frames
-        weight = weight * (sample_frames / n.clamp(min=1).to(x.dtype)).unsqueeze(1)
+    # the expectation of the sum over F frames sampled with replacement (S in training, the release's 300)
+    aggregated = sample_frames if sample_frames > 0 else MAX_FRAMES
+    weight = mask.to(x.dtype) * (aggregated / n.clamp(min=1).to(x.dtype)).unsqueeze(1)  # [B, T]
     return x, mask, weight

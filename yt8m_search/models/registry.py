@@ -1,10 +1,11 @@
-"""The model registry: names -> typed builder functions and their analytic size.
+"""The model registry: names -> typed builder functions and their analytic size and cost.
 
 A family registers a *builder*, a function of keyword-only typed hyperparameters returning a
 ``VideoModel``, together with a *counter* taking the same keywords and returning the analytic
-``Count`` without building anything. The search's vocabulary is the builders' keyword names;
-``build`` / ``param_count`` / ``size_bytes`` check names, fill defaults and check types, and report
-every problem at once.
+``Count`` without building anything, and a *FLOP counter* (same keywords) returning the forward
+FLOPs of one video of 300 frames. The search's vocabulary is the builders' keyword names;
+``build`` / ``param_count`` / ``size_bytes`` / ``flops`` check names, fill defaults and check types,
+and report every problem at once.
 
 Each family also registers a *tiny* configuration (``tiny_hparams``: a few clusters, hidden units
 and classes, so the generic tests can build and train every family in milliseconds) and, when its
@@ -18,7 +19,8 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, NamedTuple, Union
 
 import torch
@@ -65,29 +67,45 @@ class ModelSpec:
     name: str
     builder: Callable[..., VideoModel]
     counter: Callable[..., Count]
+    flops: Callable[..., int]
     defaults: Mapping[str, Any]
     types: Mapping[str, Any]
     doc: str
     tiny: Mapping[str, Any]
     upgrade: Callable[[Mapping[str, Any]], dict[str, Any]] | None
+    recipe: Mapping[str, Any] = field(default_factory=dict)  # the family's training-recipe defaults
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+
+
+def _check_takes_hparams(name: str, what: str, fn: Callable[..., Any], params: Mapping[str, Any]) -> None:
+    """A counter takes ``**hparams`` or exactly the builder's keywords (the signature is the one source)."""
+    fn_params = list(inspect.signature(fn).parameters.values())
+    takes_all = len(fn_params) == 1 and fn_params[0].kind is inspect.Parameter.VAR_KEYWORD
+    if not takes_all and [p.name for p in fn_params] != list(params):
+        raise TypeError(f"{name}: the {what} takes **hparams or exactly the builder's keywords")
 
 
 def register(
     name: str,
     counter: Callable[..., Count],
     *,
+    flops: Callable[..., int],
     tiny: Mapping[str, Any],
     upgrade: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    recipe: Mapping[str, Any] = MappingProxyType({}),
 ) -> Callable[[Callable[..., VideoModel]], Callable[..., VideoModel]]:
     """Decorator: register ``builder`` under ``name``.
 
     ``counter`` receives the complete, checked hyperparameters as keywords (declare it with
     ``**hparams``: the builder's signature is the one source of names, types and defaults).
+    ``flops``: the same for the forward FLOPs of one 300-frame video (``flops`` below).
     ``tiny``: hyperparameters of a tiny, fast model of the family (checked against the signature).
     ``upgrade``: translates an old hyperparameter dict to the builder's vocabulary.
+    ``recipe``: the family's own training-recipe defaults, by trial-setting name (``batch_size``,
+    ``l2``, ``lr_decay``...; the names are ``config.TrialSettings``', checked by the tests: models do
+    not import config). A space's explicit value beats them; they beat ``TrialSettings``' defaults.
     """
 
     def decorate(builder: Callable[..., VideoModel]) -> Callable[..., VideoModel]:
@@ -97,20 +115,20 @@ def register(
         keyword_only = (p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
         if not all(keyword_only) or any(p.default is inspect.Parameter.empty for p in params.values()):
             raise TypeError(f"{name}: a builder takes keyword-only hyperparameters, each with a default")
-        counter_params = list(inspect.signature(counter).parameters.values())
-        takes_all = len(counter_params) == 1 and counter_params[0].kind is inspect.Parameter.VAR_KEYWORD
-        if not takes_all and [p.name for p in counter_params] != list(params):
-            raise TypeError(f"{name}: the counter takes **hparams or exactly the builder's keywords")
+        _check_takes_hparams(name, "counter", counter, params)
+        _check_takes_hparams(name, "FLOP counter", flops, params)
         hints = typing.get_type_hints(builder)
         spec = ModelSpec(
             name=name,
             builder=builder,
             counter=counter,
+            flops=flops,
             defaults={k: p.default for k, p in params.items()},
             types={k: hints[k] for k in params},
             doc=inspect.getdoc(builder) or "",
             tiny=dict(tiny),
             upgrade=upgrade,
+            recipe=MappingProxyType(dict(recipe)),
         )
         errors = _hparam_errors(spec, spec.tiny)
         if errors:
@@ -181,6 +199,12 @@ def tiny_hparams(name: str) -> dict[str, Any]:
     return dict(get_spec(name).tiny)
 
 
+def recipe_defaults(name: str) -> dict[str, Any]:
+    """The training-recipe defaults registered with the family ``name`` (trial-setting name -> value;
+    empty: the ``TrialSettings`` defaults, i.e. the NeXtVLAD recipe)."""
+    return dict(get_spec(name).recipe)
+
+
 def upgrade_hparams(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
     """``hparams`` written for an older vocabulary of ``name``, translated to the current one.
 
@@ -204,6 +228,17 @@ def count(name: str, **hparams: Any) -> Count:
 def param_count(name: str, **hparams: Any) -> int:
     """Exact number of trainable parameters, computed analytically."""
     return count(name, **hparams).params
+
+
+def flops(name: str, **hparams: Any) -> int:
+    """Forward FLOPs of one video of 300 frames (``constants.MAX_FRAMES``), computed analytically.
+
+    2 per multiply-accumulate of every matmul, batched matmul and recurrent step, exactly as
+    ``torch.utils.flop_counter.FlopCounterMode`` counts a CPU forward of a batch of one such video
+    (mm, addmm, bmm, baddbmm, convolution); element-wise work (normalisations, activations, batch
+    norm, softmax) is not counted. Frame sampling does not apply: evaluation uses every frame.
+    """
+    return get_spec(name).flops(**resolve(name, **hparams))
 
 
 def storage_itemsize(dtype: str | torch.dtype) -> int:

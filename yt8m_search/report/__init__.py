@@ -7,11 +7,14 @@ in any browser: the plots are plain SVG drawn here (hover a point for its trial'
 SVG ``<title>``), every text is escaped.
 
 Plots: the optimisation history (GAP of each trained trial in creation order, running best as a step
-line); GAP against stored size (log x, MB) with the Pareto front of fully trained trials, the per-model
-budget and the infeasible trials marked along the x axis; parameter importance; the ensemble's GAP as
-members are added, when the run built one. Then the trials table, best GAP first, untrained trials last.
+line); GAP against stored size (log x, MB) and against forward GFLOPs per video (log x), each with
+the Pareto front of fully trained trials in (GAP, that cost), the per-model budget and the infeasible
+trials marked along the x axis; parameter importance; the ensemble's GAP as members are added, when
+the run built one. Then the trials table, best GAP first, untrained trials last, with each trial's
+GFLOPs and measured latency (ms per video) side by side; its "Pareto" notes mark the search's own
+front (GAP against the costs of ``search.objectives``, stored size when it has none).
 
-Modules: ``svg`` (formatting, scales, ticks, the chart primitive), ``plots`` (the four plots),
+Modules: ``svg`` (formatting, scales, ticks, the chart primitive), ``plots`` (the plots),
 ``page`` (the tables and the page).
 """
 

@@ -8,15 +8,17 @@ from dataclasses import dataclass
 
 from yt8m_search.data import fs
 from yt8m_search.report.plots import (
+    FLOPS,
+    SIZE,
     config_items,
+    cost_plot,
     ensemble_plot,
     gap_of,
     history_plot,
     importance_plot,
     pareto_ids,
-    size_plot,
 )
-from yt8m_search.report.svg import esc, fmt, fmt_int, fmt_mb, fmt_value, num, size
+from yt8m_search.report.svg import esc, fmt, fmt_gflops, fmt_int, fmt_mb, fmt_value, num, size
 from yt8m_search.results import (
     TABLE_STATES,
     BestTrial,
@@ -24,6 +26,7 @@ from yt8m_search.results import (
     EnsembleSummary,
     RunSummary,
     TrialRow,
+    pareto_costs,
 )
 
 REPORT_FILE = "report.html"
@@ -82,6 +85,8 @@ class _Ensemble:
     budget_bytes: int | None
     path: str
     curve: list[list[float]]
+    flops: int | None = None  # the members' forward FLOPs per video together
+    budget_flops: int | None = None
 
     @classmethod
     def of(cls, ens: EnsembleSummary | EnsembleFailure | None) -> _Ensemble | None:
@@ -90,7 +95,7 @@ class _Ensemble:
         if isinstance(ens, EnsembleFailure):
             return cls([], [], None, None, None, None, "", [])
         return cls([str(m) for m in ens.members], list(ens.weights), ens.gap, ens.selection_gap, ens.size_bytes,
-                   ens.budget_bytes, ens.path, list(ens.curve))  # fmt: skip
+                   ens.budget_bytes, ens.path, list(ens.curve), ens.flops, ens.budget_flops)  # fmt: skip
 
     def member_weights(self) -> dict[str, int]:
         """Each member's weight (1 when the summary has none for it)."""
@@ -127,15 +132,19 @@ def _trial_cells(rank: int, r: TrialRow, notes: list[str]) -> list[str]:
         f'<td class="num">{fmt_int(r.epochs) if trained else "–"}</td>',
         f'<td class="num">{fmt_int(r.params)}</td>',
         f'<td class="num">{fmt_mb(r.size_bytes)}</td>',
+        f'<td class="num">{fmt_gflops(r.flops)}</td>',
+        f'<td class="num" title="{esc(r.device)}">{fmt(r.latency_ms, ".3g")}</td>',
         f"<td>{esc(', '.join(notes))}</td>",
         f'<td class="reason">{esc(r.reason)}</td>',
     ]
 
 
 def trials_table(rows: Sequence[TrialRow], front: set[str], best_id: str | None, members: Mapping[str, int]) -> str:
-    """Every trial, best GAP first, untrained trials last; each row carries ``data-trial``."""
+    """Every trial, best GAP first, untrained trials last; each row carries ``data-trial``. Beside the
+    size: the analytic GFLOPs per 300-frame video and the measured latency, ms per video at the
+    evaluation batch size (hover it for the device)."""
     head = ["#", "trial", "state", "model", "configuration", "GAP", "hit@1", "epochs", "params", "size MB",
-            "notes", "reason"]  # fmt: skip
+            "GFLOPs", "ms / video", "notes", "reason"]  # fmt: skip
     out = ['<table class="trials">', "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
            "<tbody>"]  # fmt: skip
     for rank, r in enumerate(_sorted_rows(rows), 1):
@@ -156,7 +165,7 @@ def trials_table(rows: Sequence[TrialRow], front: set[str], best_id: str | None,
 def members_table(ens: _Ensemble, by_id: Mapping[str, TrialRow]) -> str:
     out = ['<table class="members">',
            "<thead><tr><th>#</th><th>trial</th><th>weight</th><th>model</th><th>GAP</th><th>size MB</th>"
-           "</tr></thead>", "<tbody>"]  # fmt: skip
+           "<th>GFLOPs</th></tr></thead>", "<tbody>"]  # fmt: skip
     for i, tid in enumerate(ens.members):
         r = by_id.get(tid)
         w = ens.weights[i] if i < len(ens.weights) else ""
@@ -164,10 +173,11 @@ def members_table(ens: _Ensemble, by_id: Mapping[str, TrialRow]) -> str:
             f'<tr data-trial="{esc(tid)}"><td class="num">{i + 1}</td><td class="id">{esc(tid)}</td>'
             f'<td class="num">{esc(w)}</td><td>{esc(r.model if r else "")}</td>'
             f'<td class="num">{fmt(r.gap if r else None)}</td>'
-            f'<td class="num">{fmt_mb(r.size_bytes if r else None)}</td></tr>'
+            f'<td class="num">{fmt_mb(r.size_bytes if r else None)}</td>'
+            f'<td class="num">{fmt_gflops(r.flops if r else None)}</td></tr>'
         )
     if not ens.members:
-        out.append('<tr><td colspan="6" class="note">no members</td></tr>')
+        out.append('<tr><td colspan="7" class="note">no members</td></tr>')
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -203,7 +213,9 @@ def _best_facts(best: BestTrial | None) -> list[tuple[str, str]]:
     facts = [("best trial", (
         f"<b>{esc(best.trial_id)}</b> · {esc(best.model)} · GAP "
         f"<b>{esc(fmt(best.gap))}</b> · {esc(fmt_int(best.epochs))} epochs · "
-        f"{esc(fmt_int(best.params))} params · {esc(fmt_mb(best.size_bytes))} MB"
+        f"{esc(fmt_int(best.params))} params · {esc(fmt_mb(best.size_bytes))} MB · "
+        f"{esc(fmt_gflops(best.flops))} GFLOPs · {esc(fmt(best.latency_ms, '.3g'))} ms per video"
+        + (f" ({esc(best.device)})" if best.device else "")
     ))]  # fmt: skip
     hp = _hparams_text(best.hparams)
     if hp:
@@ -228,11 +240,16 @@ def _facts(summary: RunSummary, rows: Sequence[TrialRow], ens: _Ensemble | None)
     ]  # fmt: skip
     if size(budget.ensemble_bytes):
         facts.append(("ensemble budget", esc(f"{fmt_mb(budget.ensemble_bytes)} MB")))
+    flops_budgets = (("per-model FLOPs budget", budget.max_flops), ("ensemble FLOPs budget", budget.ensemble_flops))
+    for label, flops in flops_budgets:
+        if size(flops):
+            facts.append((label, esc(f"{fmt_gflops(flops)} GFLOPs per video")))
     facts += _best_facts(summary.best)
     if ens:
         facts.append(("ensemble", (
             f"{len(ens.members)} member(s) · GAP <b>{esc(fmt(ens.gap))}</b>"
-            f" (selection {esc(fmt(ens.selection_gap))}) · {esc(fmt_mb(ens.size_bytes))} MB"
+            f" (selection {esc(fmt(ens.selection_gap))}) · {esc(fmt_mb(ens.size_bytes))} MB · "
+            f"{esc(fmt_gflops(ens.flops))} GFLOPs"
         )))  # fmt: skip
     return facts
 
@@ -241,18 +258,27 @@ def _facts(summary: RunSummary, rows: Sequence[TrialRow], ens: _Ensemble | None)
 # The page
 
 
-def _plot_sections(rows: Sequence[TrialRow], summary: RunSummary, importances: Mapping[str, float],
-                   front: set[str]) -> list[str]:  # fmt: skip
-    size_svg, size_caption = size_plot(rows, size(summary.budget.max_model_bytes), front)
+def _cost_sections(rows: Sequence[TrialRow], summary: RunSummary) -> list[str]:
+    """GAP against stored size, and against forward GFLOPs when the trials have them (a run from
+    before they were recorded has none), each with its own Pareto front."""
+    axes = [(SIZE, summary.budget.max_model_bytes)]
+    if "flops" in summary.objectives or any(r.flops > 0 for r in rows):
+        axes.append((FLOPS, summary.budget.max_flops))
+    out = []
+    for axis, budget in axes:
+        svg, caption = cost_plot(rows, axis, size(budget))
+        out += [f"<h2>{esc(axis.title)}</h2>", f'<section class="plot-box">{svg}'
+                + (f'<p class="caption">{esc(caption)}</p>' if caption else "") + "</section>"]
+    return out
+
+
+def _plot_sections(rows: Sequence[TrialRow], summary: RunSummary, importances: Mapping[str, float]) -> list[str]:
     return [
         "<h2>Optimisation history</h2>",
         f'<section class="plot-box">{history_plot(rows)}'
         '<p class="caption">GAP is each trial\'s best validation GAP; stopped trials were cut short by ASHA '
         "(fewer epochs). Infeasible, failed and pending trials have no GAP.</p></section>",
-        "<h2>GAP vs stored size</h2>",
-        f'<section class="plot-box">{size_svg}'
-        + (f'<p class="caption">{esc(size_caption)}</p>' if size_caption else "")
-        + "</section>",
+        *_cost_sections(rows, summary),
         "<h2>Parameter importance</h2>",
         f'<section class="plot-box">{importance_plot(importances)}</section>',
     ]
@@ -292,7 +318,7 @@ def render_report(rows: Sequence[TrialRow], summary: RunSummary, importances: Ma
     """The report page as HTML text: facts, plots, ensemble (when the run has an ensemble entry) and
     the trials table. ``rows`` in any order: the page shows them in creation order."""
     rows = sorted(rows, key=lambda r: r.number)
-    front = set(pareto_ids(rows))
+    front = set(pareto_ids(rows, pareto_costs(summary.objectives)))  # the search's own front
     ens = _Ensemble.of(summary.ensemble)
     best_id = summary.best.trial_id if summary.best else None
     title = f"Sweep report — {summary.space or 'yt8m_search'}"
@@ -300,7 +326,7 @@ def render_report(rows: Sequence[TrialRow], summary: RunSummary, importances: Ma
         f"<h1>{esc(title)}</h1>",
         f'<p class="sub">{esc(summary.run_dir)}</p>',
         _dl(_facts(summary, rows, ens)),
-        *_plot_sections(rows, summary, importances or {}, front),
+        *_plot_sections(rows, summary, importances or {}),
         *(_ensemble_section(ens, summary, rows) if ens else []),
         "<h2>Trials</h2>",
         f'<div class="table-wrap">{trials_table(rows, front, best_id, ens.member_weights() if ens else {})}</div>',

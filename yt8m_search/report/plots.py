@@ -1,17 +1,21 @@
-"""The report's plots, each one self-contained SVG: the optimisation history, GAP against stored size
-with the Pareto front, parameter importance, and the ensemble's GAP as members are added.
+"""The report's plots, each one self-contained SVG: the optimisation history, GAP against each cost
+(stored size, forward GFLOPs) with its Pareto front, parameter importance, and the ensemble's GAP as
+members are added.
 
 Each plotted trial is an SVG element carrying ``data-trial`` (its id) and ``data-state``; the points of
-the GAP-vs-size plot also carry ``data-pareto`` ("1" on the front), so tests and tools can read the page.
+a GAP-vs-cost plot also carry ``data-pareto`` ("1" on that plot's front), so tests and tools can read
+the page.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from yt8m_search.report.svg import (
     COLORS,
+    GFLOP,
     MB,
     Plot,
     active,
@@ -19,6 +23,7 @@ from yt8m_search.report.svg import (
     domain,
     esc,
     fmt,
+    fmt_gflops,
     fmt_int,
     fmt_mb,
     fmt_value,
@@ -26,16 +31,38 @@ from yt8m_search.report.svg import (
     num,
     size,
 )
-from yt8m_search.results import TABLE_STATES, TRAINED_STATES, TrialRow, TrialState, pareto_front
+from yt8m_search.results import COSTS, TABLE_STATES, TRAINED_STATES, TrialRow, TrialState, pareto_front
 
 # the trained states in the order the legends list them
 TRAINED = tuple(s for s in TABLE_STATES if s in TRAINED_STATES)
 
 
-def pareto_ids(rows: Sequence[TrialRow]) -> list[str]:
-    """Ids of the fully trained trials not dominated in (GAP up, size down), in the rows' order
-    (``results.pareto_front``: trials without a finite GAP or a known size take no part)."""
-    return [r.trial_id for r in pareto_front(rows)]
+def pareto_ids(rows: Sequence[TrialRow], costs: Sequence[str] = ("size",)) -> list[str]:
+    """Ids of the fully trained trials not dominated in (GAP up, each of ``costs`` down), in the rows'
+    order (``results.pareto_front``: trials without a finite GAP or a known cost take no part)."""
+    return [r.trial_id for r in pareto_front(rows, costs)]
+
+
+@dataclass(frozen=True)
+class CostAxis:
+    """A cost plotted against GAP (log x): the ``results.COSTS`` name, how it reads and its unit."""
+
+    cost: str  # "size" | "flops"
+    title: str
+    label: str  # the x axis
+    unit: str
+    scale: float  # the unit in the cost's own (bytes, FLOPs)
+    budget: str  # what the per-model budget line says
+
+    def value(self, row: TrialRow) -> float | None:
+        """The row's cost in ``unit`` when known (positive)."""
+        x = size(getattr(row, COSTS[self.cost]))
+        return x / self.scale if x else None
+
+
+SIZE = CostAxis("size", "GAP vs stored size", "stored size (MB, log scale)", "MB", MB, "per-model budget")
+FLOPS = CostAxis("flops", "GAP vs forward GFLOPs", "forward GFLOPs per 300-frame video (log scale)", "GFLOPs",
+                 GFLOP, "per-model FLOPs budget")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,6 +96,8 @@ def tip(row: TrialRow) -> str:
     if gap_of(row) is not None:
         lines.append(f"GAP {fmt(row.gap)} after {fmt_int(row.epochs)} epochs")
     lines.append(f"size {fmt_mb(row.size_bytes, '?')} MB, {fmt_int(row.params, '?')} params")
+    lines.append(f"{fmt_gflops(row.flops, '?')} GFLOPs, {fmt(row.latency_ms, '.3g', '?')} ms per video"
+                 + (f" on {row.device}" if row.device else ""))
     config = config_text(row)
     if config:
         lines.append(config)
@@ -130,7 +159,7 @@ def history_plot(rows: Sequence[TrialRow]) -> str:
     return plot.render("history")
 
 
-def _size_marks(plot: Plot, pts: list[tuple[float, float, TrialRow]], front: set[str]) -> list[tuple[float, float]]:
+def _cost_marks(plot: Plot, pts: list[tuple[float, float, TrialRow]], front: set[str]) -> list[tuple[float, float]]:
     """The Pareto line and the trained points (dominated ones first, so the front is drawn on top)."""
     on_front = sorted((x, g) for x, g, r in pts if r.trial_id in front)
     if len(on_front) > 1:
@@ -143,21 +172,23 @@ def _size_marks(plot: Plot, pts: list[tuple[float, float, TrialRow]], front: set
     return on_front
 
 
-def size_plot(rows: Sequence[TrialRow], budget_bytes: float | None, front: set[str]) -> tuple[str, str]:
-    """GAP against stored size (log x, MB): the Pareto front, the per-model budget and the infeasible
-    trials marked along the x axis. Returns (svg, caption)."""
-    pts = [(s / MB, g, r) for r in rows if (g := gap_of(r)) is not None and (s := size(r.size_bytes))]
-    infeasible = [(s / MB, r) for r in rows if r.state is TrialState.INFEASIBLE and (s := size(r.size_bytes))]
-    unknown = sum(1 for r in rows if gap_of(r) is not None and size(r.size_bytes) is None)
-    budget_mb = budget_bytes / MB if budget_bytes else None
-    xs = [x for x, _, _ in pts] + [x for x, _ in infeasible] + ([budget_mb] if budget_mb else [])
-    plot = Plot("GAP vs stored size", "stored size (MB, log scale)", "validation GAP",
-                domain(xs, log=True), domain([g for _, g, _ in pts]), xlog=True)  # fmt: skip
+def cost_plot(rows: Sequence[TrialRow], axis: CostAxis, budget: float | None) -> tuple[str, str]:
+    """GAP against a cost (log x, in ``axis.unit``): that plot's Pareto front (GAP up, this cost down),
+    the per-model budget (in the cost's own units) and the infeasible trials marked along the x axis.
+    Returns (svg, caption)."""
+    front = set(pareto_ids(rows, (axis.cost,)))
+    pts = [(x, g, r) for r in rows if (g := gap_of(r)) is not None and (x := axis.value(r))]
+    infeasible = [(x, r) for r in rows if r.state is TrialState.INFEASIBLE and (x := axis.value(r))]
+    unknown = sum(1 for r in rows if gap_of(r) is not None and axis.value(r) is None)
+    limit = budget / axis.scale if budget else None
+    xs = [x for x, _, _ in pts] + [x for x, _ in infeasible] + ([limit] if limit else [])
+    plot = Plot(axis.title, axis.label, "validation GAP", domain(xs, log=True), domain([g for _, g, _ in pts]),
+                xlog=True)  # fmt: skip
     if not pts:
-        plot.note("no trained trials with a known size")
-    if budget_mb:
-        plot.vline(budget_mb, COLORS["budget"], f"per-model budget {budget_mb:.3g} MB", "budget")
-    on_front = _size_marks(plot, pts, front)
+        plot.note(f"no trained trials with known {axis.unit}")
+    if limit:
+        plot.vline(limit, COLORS["budget"], f"{axis.budget} {limit:.3g} {axis.unit}", "budget")
+    on_front = _cost_marks(plot, pts, front)
     for x, r in infeasible:
         plot.add(
             f'<g class="infeasible" data-trial="{esc(r.trial_id)}" data-state="infeasible">'
@@ -166,12 +197,12 @@ def size_plot(rows: Sequence[TrialRow], budget_bytes: float | None, front: set[s
     _state_keys(plot, [r for _, _, r in pts], history=False)
     if on_front:
         plot.key("ring", COLORS["pareto"], "Pareto front (complete)")
-    if budget_mb:
-        plot.key("dash", COLORS["budget"], "per-model budget")
+    if limit:
+        plot.key("dash", COLORS["budget"], axis.budget)
     if infeasible:
         plot.key("cross", COLORS["infeasible"], "infeasible (not trained)")
-    caption = f"{unknown} trained trial(s) of unknown size not shown." if unknown else ""
-    return plot.render("size"), caption
+    caption = f"{unknown} trained trial(s) of unknown {axis.unit} not shown." if unknown else ""
+    return plot.render(axis.cost), caption
 
 
 def importance_plot(importances: Mapping[str, float]) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 MB = 1e6  # sizes are shown in decimal megabytes
+GFLOP = 1e9  # forward FLOPs are shown in GFLOPs
 
 COLORS = {
     "complete": "#1f77b4",
@@ -63,6 +64,12 @@ def fmt_mb(value: Any, empty: str = "–") -> str:
         return empty
     mb = x / MB
     return f"{mb:,.0f}" if mb >= 100 else f"{mb:.3g}"
+
+
+def fmt_gflops(value: Any, empty: str = "–") -> str:
+    """Forward FLOPs (known when positive) in GFLOPs, three significant digits."""
+    x = size(value)
+    return empty if x is None else f"{x / GFLOP:.3g}"
 
 
 def fmt_int(value: Any, empty: str = "–") -> str:

@@ -1,9 +1,9 @@
 """The search space and the searcher: Optuna (TPE, seeded, define-by-run) behind Ray Tune.
 
-``SearchSpace`` samples a configuration, computes its analytic stored size and tells Optuna
-(``trial.set_constraint``) whether it fits the per-model budget; an infeasible trial reports at once
-and never starts a worker. ``make_sampler`` is the one place the sweep's sampler is built: the
-searcher and ``run --dry-run`` both use it.
+``SearchSpace`` samples a configuration, computes its analytic stored size and forward FLOPs and
+tells Optuna (``trial.set_constraint``) whether it fits the per-model budgets (bytes, FLOPs); an
+infeasible trial reports at once and never starts a worker. ``make_sampler`` is the one place the
+sweep's sampler is built: the searcher and ``run --dry-run`` both use it.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from ray.tune.search.optuna import OptunaSearch
 from yt8m_search import compat, models
 from yt8m_search.config import Parameter, Spec
 
-OBJECTIVE_METRICS = {"gap": ("gap_best", "max"), "size": ("size_bytes", "min")}
+# each objective of ``search.objectives``: the trial's reported metric and its direction
+OBJECTIVE_METRICS = {"gap": ("gap_best", "max"), "size": ("size_bytes", "min"), "flops": ("flops", "min")}
 # The keys the space adds to a trial's config besides its parameters. ``number`` is Optuna's trial
 # number: consecutive from 0 in the order the searcher was asked, i.e. the order Tune created the
 # trials; it lives in the trial's config, so a resumed sweep keeps it (Tune restores configs and the
 # searcher's study, whose numbering goes on).
 NUMBER = "number"
-EXTRA_KEYS = ("size_bytes", "feasible", "infeasible_reason", NUMBER)
+EXTRA_KEYS = ("size_bytes", "flops", "feasible", "infeasible_reason", NUMBER)
 
 
 def _suggest(trial: optuna.Trial, p: Parameter) -> Any:
@@ -56,26 +57,39 @@ class SearchSpace:
     """Optuna define-by-run space built from the spec: importable and picklable (Tune pickles the
     searcher at every experiment checkpoint; lambdas and closures break that)."""
 
-    def __init__(self, parameters: Sequence[Parameter], max_model_bytes: int | None, storage_dtype: str) -> None:
+    def __init__(self, parameters: Sequence[Parameter], max_model_bytes: int | None, storage_dtype: str,
+                 max_flops: int | None = None) -> None:
         self.parameters = tuple(parameters)
         self.max_model_bytes = max_model_bytes
         self.storage_dtype = storage_dtype
+        self.max_flops = max_flops
+
+    @classmethod
+    def of(cls, spec: Spec) -> SearchSpace:
+        """The space of ``spec`` under its per-model budgets."""
+        budget = spec.budget
+        return cls(spec.parameters, budget.max_model_bytes, budget.storage_dtype, budget.max_flops)
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         values = sample(trial, self.parameters)
         family, hparams = model_of(values, self.parameters)
-        size, reason = -1, ""
+        size, flops, reasons = -1, -1, []
         try:
             size = models.size_bytes(family, dtype=self.storage_dtype, **hparams)
+            flops = models.flops(family, **hparams)
         except ValueError as err:  # an impossible combination (e.g. groups not dividing the input)
-            reason = str(err)
-        if not reason and self.max_model_bytes is not None and size > self.max_model_bytes:
-            reason = f"{size:,} bytes > budget {self.max_model_bytes:,}"
+            reasons.append(str(err))
+        if not reasons and self.max_model_bytes is not None and size > self.max_model_bytes:
+            reasons.append(f"{size:,} bytes > budget {self.max_model_bytes:,}")
+        if size >= 0 and self.max_flops is not None and flops > self.max_flops:
+            reasons.append(f"{flops:,} FLOPs per video > budget {self.max_flops:,} FLOPs")
         # feasible iff <= 0; an invalid model counts as far over budget
         trial.set_constraint("size_over_budget", (size - (self.max_model_bytes or size)) if size >= 0 else 1e18)
+        if self.max_flops is not None:
+            trial.set_constraint("flops_over_budget", flops - self.max_flops if flops >= 0 else 1e18)
         fixed = {p.name: values[p.name] for p in self.parameters if p.distribution is None and p.name in values}
-        return {**fixed, "size_bytes": size, "feasible": not reason, "infeasible_reason": reason,
-                NUMBER: trial.number}  # fmt: skip
+        return {**fixed, "size_bytes": size, "flops": flops, "feasible": not reasons,
+                "infeasible_reason": "; ".join(reasons), NUMBER: trial.number}  # fmt: skip
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
@@ -93,11 +107,24 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid for Tune's ask-and-tell: trial n takes point n (Optuna's order, shuffled by the
+    seed). Optuna's own ``after_trial`` stops the study once the grid is done, which only works
+    inside ``study.optimize`` (elsewhere it raises); here ``search.num_samples`` ends the sweep."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
+                    values: Sequence[float] | None) -> None:
+        return None
+
+
 def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
-    """The sweep's sampler: seeded TPE (multivariate, grouped, constant liar) or random search."""
+    """The sweep's sampler: seeded TPE (multivariate, grouped, constant liar), random search, or the
+    grid of the searched choices (each combination once)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # group=True
     if spec.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=spec.search.seed)
+    if spec.search.sampler == "grid":
+        return GridSampler(spec.grid(), seed=spec.search.seed)
     return optuna.samplers.TPESampler(
         seed=spec.search.seed, n_startup_trials=spec.search.startup_trials, multivariate=True, group=True,
         constant_liar=True,  # concurrent trials: pending ones count as bad, so TPE spreads out
@@ -107,7 +134,7 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
 def make_searcher(spec: Spec) -> FidelityAwareOptunaSearch:
     metrics = [OBJECTIVE_METRICS[o] for o in spec.search.objectives]
     return FidelityAwareOptunaSearch(
-        space=SearchSpace(spec.parameters, spec.budget.max_model_bytes, spec.budget.storage_dtype),
+        space=SearchSpace.of(spec),
         metric=[m for m, _ in metrics] if spec.multi_objective else metrics[0][0],
         mode=[d for _, d in metrics] if spec.multi_objective else metrics[0][1],
         sampler=make_sampler(spec),

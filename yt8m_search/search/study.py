@@ -15,7 +15,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from yt8m_search.config import Parameter, Spec
 from yt8m_search.data import fs
-from yt8m_search.results import TrialRow, TrialState
+from yt8m_search.results import COSTS, TrialRow, TrialState
 
 JOURNAL_FILE = "optuna.journal"
 _OPTUNA_STATES = {
@@ -35,9 +35,22 @@ def _distribution(p: Parameter) -> optuna.distributions.BaseDistribution:
     return optuna.distributions.FloatDistribution(float(d.low), float(d.high), log=d.log, step=d.step)  # type: ignore[arg-type]
 
 
-def _frozen_trial(spec: Spec, row: TrialRow, objectives: int) -> optuna.trial.FrozenTrial:
+def _constraints(spec: Spec, row: TrialRow) -> dict[str, float]:
+    """The per-model budgets' constraints (feasible iff <= 0), as ``SearchSpace`` set them; an
+    infeasible trial violates at least one."""
+    budget, found = spec.budget, {}
+    budgets = (("size", row.size_bytes, budget.max_model_bytes), ("flops", row.flops, budget.max_flops))
+    for name, used, limit in budgets:
+        if name == "size" or limit is not None:
+            found[f"constraints:{name}_over_budget"] = float(used - limit) if limit and used > 0 else 0.0
+    if row.state is TrialState.INFEASIBLE and max(found.values()) <= 0:
+        found["constraints:size_over_budget"] = 1.0
+    return found
+
+
+def _frozen_trial(spec: Spec, row: TrialRow) -> optuna.trial.FrozenTrial:
     """A row as an Optuna trial: searched parameters with their distributions, values of fully
-    trained (and infeasible: GAP 0) trials, PRUNED for stopped ones, the size constraint."""
+    trained (and infeasible: GAP 0) trials, PRUNED for stopped ones, the budgets' constraints."""
     params, dists = {}, {}
     for p in spec.parameters:
         value = row.config.get(p.name)
@@ -48,14 +61,12 @@ def _frozen_trial(spec: Spec, row: TrialRow, objectives: int) -> optuna.trial.Fr
     values = None
     if state == optuna.trial.TrialState.COMPLETE:
         gap = 0.0 if row.state is TrialState.INFEASIBLE else float(row.gap)
-        values = [gap, float(row.size_bytes)][:objectives]
-    over = spec.budget.max_model_bytes
-    constraint = float(row.size_bytes - over) if over and row.size_bytes >= 0 else 0.0
+        values = [gap, *(float(getattr(row, COSTS[o])) for o in spec.search.objectives[1:])]
     return optuna.trial.create_trial(
         params=params, distributions=dists, values=values, state=state,
-        user_attrs={"trial_id": row.trial_id, "state": row.state.value, "model": row.model},
-        system_attrs={"constraints:size_over_budget":
-                      constraint if row.state is not TrialState.INFEASIBLE else max(constraint, 1.0)},
+        user_attrs={"trial_id": row.trial_id, "state": row.state.value, "model": row.model, "flops": row.flops,
+                    "latency_ms": row.latency_ms if math.isfinite(row.latency_ms) else None},
+        system_attrs=_constraints(spec, row),
     )  # fmt: skip
 
 
@@ -65,12 +76,12 @@ def write_study(spec: Spec, rows: Sequence[TrialRow], run_dir: str) -> tuple[opt
     Rebuilt from the trials table (so it is identical after ``--resume``), in creation order: the
     study's trial numbers are the rows' numbers. Built in memory, copied into a journal in a temp
     folder, and that file written to the run folder in one piece (which may be on S3)."""
-    directions = ["maximize", "minimize"] if spec.multi_objective else ["maximize"]
+    directions = ["maximize"] + ["minimize"] * (len(spec.search.objectives) - 1)
     memory = InMemoryStorage()
     study = optuna.create_study(study_name=spec.name, directions=directions, storage=memory)
-    study.set_metric_names(["gap", "size_bytes"][: len(directions)])
+    study.set_metric_names(["gap", *(COSTS[o] for o in spec.search.objectives[1:])])
     for row in sorted(rows, key=lambda r: r.number):
-        study.add_trial(_frozen_trial(spec, row, len(directions)))
+        study.add_trial(_frozen_trial(spec, row))
     path = fs.join(run_dir, JOURNAL_FILE)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, JOURNAL_FILE)

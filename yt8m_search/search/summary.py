@@ -15,6 +15,7 @@ from yt8m_search.results import (
     TrialRow,
     best_trial,
     count_states,
+    pareto_costs,
     pareto_front,
 )
 
@@ -31,8 +32,9 @@ def summarize(spec: Spec, rows: Sequence[TrialRow], run_dir: str, data: DataPath
         objectives=list(spec.search.objectives),
         trials=count_states(rows),
         budget=BudgetSummary(max_model_bytes=budget.max_model_bytes, ensemble_bytes=budget.ensemble_bytes,
-                             storage_dtype=budget.storage_dtype),  # fmt: skip
+                             storage_dtype=budget.storage_dtype, max_flops=budget.max_flops,
+                             ensemble_flops=budget.ensemble_flops),  # fmt: skip
         data=DataSummary(train=data.train, validation=data.validation),
         best=BestTrial.of(best) if best is not None else None,
-        pareto=[r.trial_id for r in pareto_front(rows)],
+        pareto=[r.trial_id for r in pareto_front(rows, pareto_costs(spec.search.objectives))],
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray import tune
 
-from yt8m_search.config import Spec, TrialSettings
+from yt8m_search.config import Spec, TrialSettings, trial_settings
 from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths
 from yt8m_search.search.space import model_of
@@ -30,8 +30,8 @@ class SweepContext:
         return fs.join(self.run_dir, "trials")
 
     def settings(self, values: dict[str, Any]) -> TrialSettings:
-        """The space's trial settings with the trial's sampled ones."""
-        return self.spec.trial.replace(**{k: values[k] for k in TrialSettings.searchable_names() if k in values})
+        """The trial's settings: the space's (fixed or sampled) > its family's recipe > the defaults."""
+        return trial_settings(self.spec, values)
 
     def train_config(self, values: dict[str, Any]) -> TrainConfig:
         family, hparams = model_of(values, self.spec.parameters)
@@ -49,7 +49,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """One Tune trial: report an infeasible config at once, else train it."""
     if not config["feasible"]:
         tune.report({"gap": 0.0, "gap_best": 0.0, "epoch": context.spec.trial.epochs, "infeasible": 1,
-                     "size_bytes": max(config["size_bytes"], 0)})  # fmt: skip
+                     "size_bytes": max(config["size_bytes"], 0), "flops": max(config.get("flops", 0), 0)})  # fmt: skip
         return
     trial_id = tune.get_context().get_trial_id()
     fit(

@@ -4,7 +4,8 @@ every worker of a TorchTrainer (DDP).
 - ``settings``: ``TrainConfig``, the trial settings (``config.TrialSettings``) plus the model;
 - ``recipe``: the NeXtVLAD recipe's pieces (schedule, per-parameter clipping, Adam with L2 on the
   classifier, one step, autocast, seeding);
-- ``evaluation``: evaluation over all workers (exact global GAP) and the averaging of the last epochs;
+- ``evaluation``: evaluation over all workers (exact global GAP, the measured ``latency_ms``) and the
+  averaging of the last epochs;
 - ``checkpoints``: epoch checkpoints and the state a restarted run resumes from;
 - ``session``: where the loop runs (a Ray Train worker, or the calling process) and where its reports
   and checkpoints go;

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -50,12 +51,15 @@ class TrialResult:
     predictions: str
     metrics: dict[str, Any]  # the last report
     history: list[dict[str, Any]]  # every epoch's report
+    flops: int = 0  # analytic forward FLOPs per 300-frame video
+    latency_ms: float = math.nan  # measured in the last epoch's evaluation: ms per video at eval_batch_size
 
     @classmethod
     def from_report(cls, report: dict[str, Any], history: list[dict[str, Any]]) -> TrialResult:
         return cls(gap=report["gap_best"], epochs=report["epoch"], params=report["params"],
                    size_bytes=report["size_bytes"], checkpoint=report["checkpoint"],
-                   predictions=report["predictions"], metrics=dict(report), history=history)
+                   predictions=report["predictions"], metrics=dict(report), history=history,
+                   flops=report.get("flops", 0), latency_ms=report.get("latency_ms", math.nan))
 
 
 def fit(

@@ -4,13 +4,24 @@ Each worker scores a disjoint set of validation files; the metric states and top
 gathered to rank 0, which computes the exact global GAP (not an average of per-worker GAPs) and
 keeps the predictions (``artifacts.Predictions``) for the trial's ``best/`` folder. The averaging
 of the last epochs' weights (boliu61's) is evaluated the same way.
+
+The evaluation also measures the model's inference latency, ``latency_ms``: each batch's forward
+pass (the model and its logits, in eval mode under ``no_grad`` and the evaluation's autocast; CUDA
+synchronised before and after) is timed, without reading, collating or copying the batch to the
+device; a batch's time over its videos is its ms per video, and ``latency_ms`` is the median of that
+over the full batches (``eval_batch_size`` videos) of every worker, or over all batches when none is
+full. It costs no extra forward pass: it times the evaluation that runs anyway. Videos are as long as
+the data's (a batch is padded to its longest video, or to ``pad_to``): about 300 frames on
+YouTube-8M, where a batch of hundreds almost always holds a full-length video, as ``models.flops``
+counts them; on short synthetic videos it is the latency of those.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +46,37 @@ class Evaluation:
 
     state: dict[str, np.ndarray]
     predictions: Predictions
+    timings: list[tuple[float, int]] = field(default_factory=list)  # (seconds, videos) of each batch's forward
+
+
+def device_name(device: torch.device) -> str:
+    """Where a latency was measured: ``cuda (NVIDIA H200)``, ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"{device.type} ({threads} thread{'s' if threads > 1 else ''})"
+
+
+def _timed_forward(model: models.VideoModel, batch: VideoBatch, device: torch.device) -> tuple[Any, Tensor, float]:
+    """The model's output and logits for a batch already on ``device``, and the seconds they took."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    output = model(batch.features, batch.mask)
+    logits = model.logits(output)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return output, logits, time.perf_counter() - started
+
+
+def latency_ms(timings: Iterable[tuple[float, int]]) -> float:
+    """Median ms per video over the full batches (the largest ones: ``eval_batch_size`` when any
+    batch reached it); NaN without batches."""
+    timed = [(s, n) for s, n in timings if n > 0]
+    if not timed:
+        return math.nan
+    full = max(n for _, n in timed)
+    return 1000.0 * float(np.median([s / n for s, n in timed if n == full]))
 
 
 def evaluate(
@@ -49,12 +91,14 @@ def evaluate(
     acc = MetricAccumulator(num_classes=num_classes)
     ids: list[str] = []
     classes, scores, labels = [], [], []
+    timings: list[tuple[float, int]] = []
     with torch.no_grad(), autocast(device):
         for batch in batches:
             batch = batch.to(device)
-            output = model(batch.features, batch.mask)
+            output, logits, seconds = _timed_forward(model, batch, device)
+            timings.append((seconds, len(batch.ids)))
             loss = model.loss(output, batch.labels).item()
-            probs = torch.sigmoid(model.logits(output).float())  # scores in fp32: bf16 would create ties
+            probs = torch.sigmoid(logits.float())  # scores in fp32: bf16 would create ties
             top = torch.topk(probs, k=min(top_k, probs.shape[1]), dim=1)
             probs_np, labels_np = probs.cpu().numpy(), batch.labels.cpu().numpy()
             acc.update(probs_np, labels_np, loss=loss)
@@ -69,11 +113,13 @@ def evaluate(
         scores=np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
         labels=labels,
     )
-    return Evaluation(state=acc.state(), predictions=predictions)
+    return Evaluation(state=acc.state(), predictions=predictions, timings=timings)
 
 
 def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
-    """The global metrics of several workers' evaluations (their accumulator states merged)."""
+    """The global metrics of several workers' evaluations (their accumulator states merged), and
+    the latency measured over all of them."""
+    evaluations = list(evaluations)
     merged = MetricAccumulator.from_states([e.state for e in evaluations])
     result = merged.result()
     return {
@@ -83,6 +129,7 @@ def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
         "map": result["map"],
         "val_loss": result.get("loss", math.nan),
         "val_videos": merged.num_videos,
+        "latency_ms": latency_ms(t for e in evaluations for t in e.timings),
     }
 
 
@@ -140,4 +187,5 @@ def evaluate_average(
     return metrics, avg, predictions
 
 
-__all__ = ["Evaluation", "accumulate_average", "evaluate", "evaluate_average", "evaluate_globally", "merged_metrics"]
+__all__ = ["Evaluation", "accumulate_average", "device_name", "evaluate", "evaluate_average", "evaluate_globally",
+           "latency_ms", "merged_metrics"]

@@ -12,6 +12,7 @@ recipe and evaluation, which the tests and benchmarks use on their own) loads wi
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from yt8m_search.data.cache import ShardCache
 from yt8m_search.data.loading import iter_video_batches
 from yt8m_search.train.checkpoints import Progress, resume_state, save_checkpoint_dir, write_history
 from yt8m_search.train.collective import gather
-from yt8m_search.train.evaluation import accumulate_average, evaluate_average, evaluate_globally
+from yt8m_search.train.evaluation import accumulate_average, device_name, evaluate_average, evaluate_globally
 from yt8m_search.train.recipe import (
     cpu_state,
     learning_rate,
@@ -59,6 +60,7 @@ class Worker:
     optimizer: torch.optim.Optimizer
     count: models.Count  # analytic, as the search and the budget count
     size_bytes: int  # models.size_bytes at the storage dtype
+    flops: int  # models.flops: forward FLOPs of one 300-frame video
     run_dir: str
     validation_files: list[str]  # this worker's share
     cache: ShardCache | None  # the node's shard cache (``data.shard_cache``), if any
@@ -145,6 +147,7 @@ def start_worker(session: Session, config: dict[str, Any]) -> Worker:
         optimizer=optimizer,
         count=models.count(cfg.model, **cfg.hparams),
         size_bytes=models.size_bytes(cfg.model, cfg.storage_dtype, **cfg.hparams),
+        flops=models.flops(cfg.model, **cfg.hparams),
         run_dir=config["run_dir"],
         validation_files=config["validation_files"][rank::world],
         cache=config.get("cache"),
@@ -217,10 +220,13 @@ def write_best(
     if worker.rank != 0 or predictions is None:
         return
     cfg = worker.cfg
+    latency = metrics.get("latency_ms")
     meta = TrialMeta(
         model=cfg.model, hparams=cfg.resolved_hparams(), epoch=epoch, params=worker.count.params,
         stats=worker.count.stats, size_bytes=worker.size_bytes, storage_dtype=cfg.storage_dtype,
         metrics={k: v for k, v in metrics.items() if not k.startswith("_")}, averaged_epochs=averaged_epochs,
+        flops=worker.flops, latency_ms=latency if latency is not None and math.isfinite(latency) else None,
+        device=device_name(worker.device),
     )  # fmt: skip
     artifacts.write_best(worker.best_dir, state, meta, predictions)
 
@@ -241,6 +247,8 @@ def epoch_report(worker: Worker, epoch: int, trained: dict[str, float], evaluate
         "samples_per_s": trained["samples_per_s"],
         "params": worker.count.params,
         "size_bytes": worker.size_bytes,
+        "flops": worker.flops,  # analytic, beside the measured latency_ms (in ``metrics``)
+        "device": device_name(worker.device),
         "gap_best": best["gap"],
         "best_epoch": best["epoch"],
         "best_averaged_epochs": best.get("averaged_epochs", 0),  # >0: best/ holds averaged weights
