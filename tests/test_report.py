@@ -327,9 +327,14 @@ def test_page_follows_creation_order_whatever_the_input_order(rows: list[TrialRo
     assert history == [r.trial_id for r in rows if r.trained and math.isfinite(r.gap)]
 
 
-def test_a_failed_ensemble_step_shows_an_ensemble_without_members(rows: list[TrialRow]) -> None:
-    summary = dataclasses.replace(summary_for(rows), ensemble=EnsembleFailure("no trained trial fits the budget"))
-    page = parse(render_report(rows, summary, IMPORTANCES))
-    assert len(page.tags("svg")) == 4 and len(page.tags("table")) == 2
-    assert "no members" in "".join(page.text) and "no ensemble curve recorded" in "".join(page.text)
-    assert not page.tags("circle", **{"data-step": "1"})
+def test_a_failed_ensemble_step_shows_its_error_where_the_ensemble_would_be(rows: list[TrialRow]) -> None:
+    error = "RuntimeError: boom <script>alert('x')</script> & more"
+    summary = dataclasses.replace(summary_for(rows), ensemble=EnsembleFailure(error))
+    text = render_report(rows, summary, IMPORTANCES)
+    page = parse(text)
+    assert len(page.tags("svg")) == 3 and len(page.tags("table")) == 1  # no ensemble plot, no members table
+    assert not page.tags("circle", **{"data-step": "1"}) and "member(s)" not in text
+    shown = "".join(page.text)
+    assert f"failed: {error}" in shown and f"The ensemble step failed: {error}" in shown
+    assert "<script>" not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in text
+    assert len(page.tags("p", **{"class": "error ensemble-error"})) == 1

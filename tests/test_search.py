@@ -55,7 +55,6 @@ def test_space_samples_conditionally_and_rejects_over_budget_configs() -> None:
 def test_states_and_pareto_front_use_fully_trained_trials_only() -> None:
     assert search.trial_state("TERMINATED", {"epoch": 3}, False, 3) == "complete"
     assert search.trial_state("TERMINATED", {"epoch": 1}, False, 3) == "stopped"
-    assert search.trial_state("TERMINATED", {"epoch": 3, "infeasible": 1}, False, 3) == "infeasible"
     assert search.trial_state("ERROR", None, True, 3) == "error"
     rows = [
         _row(0, "a", "complete", gap=0.5, size_bytes=10),
@@ -86,11 +85,12 @@ def test_trials_table_is_in_creation_order_numbered_from_zero(tmp_path: Path) ->
     metrics = {"epoch": 3, "gap": 0.3, "gap_best": 0.4, "params": 10, "size_bytes": 20, "checkpoint": "/c"}
     trials = [({"family": "nextvlad", "groups": 2, "number": n, "feasible": True},
                {**metrics, "trial_id": tid}, None) for tid, n in created]  # fmt: skip
-    trials.append(({"family": "nextvlad", "groups": 4, "number": 1, "feasible": False, "size_bytes": 9e6,
-                    "infeasible_reason": "over budget"}, {"epoch": 3, "infeasible": 1, "trial_id": "x"}, None))
-    rows = search.trial_rows(spec, trials)
+    rejected = search.InfeasibleConfig(  # rejected by the searcher: never a Tune trial
+        number=1, config={"family": "nextvlad", "groups": 4, "number": 1, "feasible": False},
+        size_bytes=9_000_000, flops=10, reason="over budget")  # fmt: skip
+    rows = search.trial_rows(spec, trials, [rejected])
     assert [r.number for r in rows] == list(range(6))
-    assert [r.trial_id for r in rows] == ["a", "x", "b", "c", "d", "e"]
+    assert [r.trial_id for r in rows] == ["a", "infeasible-1", "b", "c", "d", "e"]
     assert rows[1].state == "infeasible" and rows[1].reason == "over budget" and rows[1].size_bytes == 9_000_000
     assert rows[0].state == "complete" and rows[0].gap == 0.4 and rows[0].config == {"family": "nextvlad", "groups": 2}
     results.write_trials(rows[::-1], str(tmp_path))  # the table is written in creation order
@@ -163,7 +163,8 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     assert run.main([str(SMOKE), *overrides, "--output", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert len(rows) == 4 and sum(summary["trials"].values()) == 4
+    tune_trials = [r for r in rows if r["state"] != "infeasible"]  # num_samples counts Tune trials only
+    assert len(tune_trials) == 4 and sum(summary["trials"].values()) == len(rows)
     _assert_tune_creation_order(out, rows)
     for row in rows:
         size = int(float(row["size_bytes"]))
@@ -212,7 +213,8 @@ def test_one_worker_trials_reuse_the_trial_process(ray_local: None, tmp_path: Pa
 
 
 def _assert_tune_creation_order(out: Path, rows: list[dict[str, str]]) -> None:
-    """The table is numbered 0..n-1 in the order Tune created the trials: Tune names a trial's folder
+    """The table is numbered 0..n-1 in creation order, and its Tune trials (the rows that are not
+    rejected infeasible configurations) follow the order Tune created them: Tune names a trial's folder
     ``run_trial_<trial id>_<experiment tag>_<date>``, and the tag starts with its 1-based creation count."""
     created = {}
     for folder in (out / "tune").glob("run_trial_*"):
@@ -220,7 +222,8 @@ def _assert_tune_creation_order(out: Path, rows: list[dict[str, str]]) -> None:
         assert match, folder.name
         created[match[1]] = int(match[2]) - 1
     assert [int(r["number"]) for r in rows] == list(range(len(rows)))
-    assert {r["trial_id"]: int(r["number"]) for r in rows} == created
+    tune_rows = [r for r in rows if r["state"] != "infeasible"]
+    assert [created[r["trial_id"]] for r in tune_rows] == list(range(len(tune_rows))) == sorted(created.values())
 
 
 def _trial_spans(out: Path) -> list[tuple[float, float]]:
@@ -229,9 +232,8 @@ def _trial_spans(out: Path) -> list[tuple[float, float]]:
     spans = []
     for log in (out / "tune").glob("*/result.json"):
         results = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        trained = [r for r in results if not r.get("infeasible")]
-        if trained:
-            spans.append((trained[0]["timestamp"] - trained[0]["time_this_iter_s"], trained[-1]["timestamp"]))
+        if results:
+            spans.append((results[0]["timestamp"] - results[0]["time_this_iter_s"], results[-1]["timestamp"]))
     return spans
 
 

@@ -95,7 +95,7 @@ def test_live_view_says_its_line_or_writes_to_its_stream(capsys: pytest.CaptureF
         status, last_result = "RUNNING", {"epoch": 1, "gap_best": 0.25}
 
     LiveView(epochs=3).on_experiment_end(trials=[Trial()])
-    assert capsys.readouterr().out.endswith("running 1 | complete 0 | stopped 0 | infeasible 0 | error 0 | "
+    assert capsys.readouterr().out.endswith("running 1 | complete 0 | stopped 0 | error 0 | "
                                             "pending 0 | best GAP 0.2500\n")
     stream = io.StringIO()
     LiveView(epochs=3, stream=stream).on_experiment_end(trials=[Trial()])

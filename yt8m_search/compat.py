@@ -61,6 +61,16 @@ def tell_optuna_pruned(searcher: Any, trial_id: str) -> bool:
     return True
 
 
+def reject_optuna_trial(searcher: Any, trial_id: str) -> None:
+    """End the Optuna trial ``searcher`` just asked for Tune trial ``trial_id`` as PRUNED (an
+    infeasible draw: its constraints, set while sampling, say why) and forget the mapping, so the
+    next ``suggest(trial_id)`` asks Optuna for a new trial. PRUNED, not FAIL: TPE reads COMPLETE and
+    PRUNED trials only, and puts those whose constraints are > 0 below every feasible one."""
+    import optuna
+
+    searcher._ot_study.tell(searcher._ot_trials.pop(trial_id), state=optuna.trial.TrialState.PRUNED)
+
+
 def optuna_study(searcher: Any) -> Any:
     """The ``optuna.Study`` that ``searcher`` asks and tells (there once its metric and mode are set)."""
     return searcher._ot_study
@@ -147,6 +157,7 @@ __all__ = [
     "foreach_norm",
     "missing_private_names",
     "optuna_study",
+    "reject_optuna_trial",
     "tell_optuna_pruned",
     "wandb_actor_split_result",
     "wandb_callback_class",

@@ -44,17 +44,18 @@ class TrialState(StrEnum):
 TRAINED_STATES = frozenset({TrialState.COMPLETE, TrialState.STOPPED})
 # The states a finished sweep's table can hold, in the order the summary counts and the report lists them.
 TABLE_STATES = (TrialState.COMPLETE, TrialState.STOPPED, TrialState.INFEASIBLE, TrialState.ERROR, TrialState.PENDING)
-# The live view's states: a running sweep also has running trials.
-LIVE_STATES = (TrialState.RUNNING, *TABLE_STATES)
+# The live view's states: a running sweep also has running trials; infeasible configurations are
+# never Tune trials (the searcher rejects them), so the live view has none.
+LIVE_STATES = (TrialState.RUNNING, *(s for s in TABLE_STATES if s is not TrialState.INFEASIBLE))
 
 
 @dataclass(frozen=True)
 class TrialRow:
     """One trial of a sweep, as ``trials.csv`` holds it. ``number`` is the creation order (0-based);
     ``config`` the trial's sampled and fixed parameter values by flat name (``config.<name>`` columns);
-    metrics are NaN and paths empty for a trial that did not train. ``flops`` (analytic, every trial)
-    and the measured ``latency_ms`` and ``device`` came later: a table without them reads as 0, NaN
-    and empty."""
+    metrics are NaN and paths empty for a trial that did not train. ``flops`` (analytic, every trial),
+    the measured ``latency_ms`` and ``device``, and the training ``seed`` came later: a table without
+    them reads as 0, NaN, empty and -1."""
 
     number: int
     trial_id: str
@@ -78,6 +79,7 @@ class TrialRow:
     flops: int = 0  # analytic forward FLOPs of one 300-frame video (models.flops); 0 when unknown or not a valid model
     latency_ms: float = math.nan  # measured: ms per video at eval_batch_size (the forward alone), last epoch
     device: str = ""  # where latency_ms was measured, e.g. "cpu (1 thread)" or "cuda (NVIDIA H200)"
+    seed: int = -1  # the trial's training seed (search.trial.trial_seed); -1: unknown (a table from before)
 
     @property
     def trained(self) -> bool:
@@ -85,11 +87,11 @@ class TrialRow:
 
 
 _FLOATS = ("gap", "gap_last", "hit_at_one", "perr", "map", "samples_per_s", "latency_ms")
-_INTS = ("number", "epochs", "best_epoch", "params", "size_bytes", "flops")
+_INTS = ("number", "epochs", "best_epoch", "params", "size_bytes", "flops", "seed")
 _COLUMNS = [f.name for f in dataclasses.fields(TrialRow) if f.name != "config"]
 # columns added after the first version, with what a table written before them reads as (``number``:
 # its line order, set by the reader)
-_LATER_COLUMNS = {"number": "", "flops": "0", "latency_ms": "", "device": ""}
+_LATER_COLUMNS = {"number": "", "flops": "0", "latency_ms": "", "device": "", "seed": "-1"}
 _CONFIG_PREFIX = "config."
 
 

@@ -2,8 +2,10 @@
 
     python -m yt8m_search.run SPACE.yaml [key.path=value ...] [--output DIR] [--resume] [--dry-run]
 
-Exit codes: 0 done; 2 invalid space file or arguments (every error listed, nothing started or
-written); 1 anything else, with the cause in one line at the end.
+Exit codes: 0 done; 2 invalid space file or arguments, or ``--resume`` with a space that differs
+from the run's (every error listed, nothing started or written); 1 anything else, with the cause
+in one line at the end. A failed ensemble step is 1 too, after ``summary.json`` (which records the
+failure) and ``report.html`` (which shows it) are written.
 
 Ray, Optuna and torch (``search``, ``tracking``, ``ensemble``, ``train``) are imported inside the
 functions that need them: ``--help`` and a space file's errors answer at once, without loading them.
@@ -18,7 +20,7 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
-from yt8m_search import config, logs, report, results
+from yt8m_search import config, logs, report, results, space_record
 from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths, synthetic_dataset
 
@@ -158,7 +160,24 @@ def log_path(spec: config.Spec, run_dir: str) -> str:
     return os.path.join(tempfile.gettempdir(), "yt8m_search", spec.name, "run.log")
 
 
-def sweep(spec: config.Spec, run_dir: str, resume: bool) -> results.RunSummary:
+def check_resumed_space(spec: config.Spec, run_dir: str) -> None:
+    """Refuse (``UsageError``) to resume a sweep with a space or overrides that resolve to anything
+    else than the run's own (``space.json``), naming every key that differs; a run folder from
+    before the record was written resumes with a warning."""
+    recorded = space_record.read(run_dir)
+    where = space_record.path_in(run_dir)
+    if recorded is None:
+        print(f"warning: --resume: {where} not found (a run from an older version): cannot check that "
+              "the space and overrides are the run's", file=sys.stderr)
+        return
+    changed = space_record.differences(recorded, spec)
+    if changed:
+        raise UsageError(f"--resume: the space differs from the run's ({where}): " + ", ".join(changed))
+
+
+def sweep(spec: config.Spec, run_dir: str, resume: bool, overrides: Sequence[str] = ()) -> results.RunSummary:
+    """The sweep (or its continuation: ``resume``), its summary, report and ensemble. ``overrides``
+    (as given) are recorded with the resolved space in ``space.json``."""
     import ray  # lazy: see the module docstring
     from ray import tune
 
@@ -169,11 +188,15 @@ def sweep(spec: config.Spec, run_dir: str, resume: bool) -> results.RunSummary:
         raise UsageError(f"--resume: no sweep to resume in {run_dir}")
     if not resume and fs.exists(experiment):
         raise UsageError(f"{run_dir} already holds a sweep: pass --resume to continue it, or --output DIR")
+    if resume:
+        check_resumed_space(spec, run_dir)  # before Ray: a restored Tuner would ignore the changes
     eigenvals = spec.data.pca_eigenvals
     if eigenvals and not fs.is_local(eigenvals):  # a local file was checked with the space
         missing = config.missing_eigenvalues(eigenvals)  # before Ray: no trial fails on it hours later
         if missing:
             raise UsageError(missing)
+    if not resume:
+        space_record.write(spec, overrides, run_dir)
     data = prepare_data(spec.data)  # before the log takes the output: generating data shows its progress
     if tracking.wandb_mode(spec.wandb.mode) == "offline":
         os.environ["WANDB_MODE"] = "offline"  # before Ray starts, so the logging actors inherit it
@@ -194,21 +217,33 @@ def _sweep_and_report(spec: config.Spec, data: DataPaths, run_dir: str, resume: 
     results.write_trials(rows, run_dir)
     study, _ = search.write_study(spec, rows, run_dir)
     summary = search.summarize(spec, rows, run_dir, data)
+    return finish(run_dir, rows, summary, search.importances(study))
+
+
+def finish(run_dir: str, rows: Sequence[results.TrialRow], summary: results.RunSummary,
+           importances: dict[str, float]) -> results.RunSummary:
+    """The ensemble step, then ``summary.json`` and ``report.html``, written whatever the step did
+    (a failure is the summary's ensemble entry, and the report shows it)."""
     results.write_summary(summary, run_dir)  # the ensemble step reads it
     summary = summary.with_ensemble(_ensemble(run_dir))
     results.write_summary(summary, run_dir)
-    report.write_report(run_dir, rows, summary, search.importances(study))
+    report.write_report(run_dir, rows, summary, importances)
     return summary
 
 
 def _ensemble(run_dir: str) -> results.EnsembleSummary | results.EnsembleFailure:
+    """The ensemble step's entry: its summary, or any exception as a failure ("Type: message", one
+    line; e.g. no trained trial fits the budget), so that the sweep's summary and report still follow."""
     from yt8m_search import ensemble  # lazy: see the module docstring
 
     try:
         return ensemble.run(run_dir)
-    except ensemble.EnsembleError as err:  # e.g. no trained trial fits the budget: say so, keep the sweep
-        logs.say(f"ensemble: {err}")
-        return results.EnsembleFailure(str(err))
+    except Exception as err:  # any: recorded, shown in the report and the exit code's cause (see main)
+        if not isinstance(err, ensemble.EnsembleError):  # a bug: its traceback goes to the log
+            traceback.print_exc()
+        failure = results.EnsembleFailure(" ".join(f"{type(err).__name__}: {err}".split()))
+        logs.say(f"ensemble: failed: {failure.error}")
+        return failure
 
 
 def print_summary(summary: results.RunSummary, run_dir: str, log: str | None = None) -> None:
@@ -220,7 +255,9 @@ def print_summary(summary: results.RunSummary, run_dir: str, log: str | None = N
               f"epochs, {best.params:,} parameters, {best.size_bytes / 1e6:.2f} MB, {best.flops / 1e9:.3g} GFLOPs, "
               f"{best.latency_ms:.3g} ms per video ({best.device or 'device unknown'})")
     ens = summary.ensemble
-    if isinstance(ens, results.EnsembleSummary) and ens.members:
+    if isinstance(ens, results.EnsembleFailure):
+        print(f"ensemble: failed: {ens.error}")
+    elif isinstance(ens, results.EnsembleSummary) and ens.members:
         flops = f" of {ens.budget_flops / 1e9:.4g}" if ens.budget_flops else ""
         print(f"ensemble: {len(ens.members)} members, GAP {ens.gap:.4f}, "
               f"{ens.size_bytes / 1e6:.2f} MB of {ens.budget_bytes / 1e6:.2f} MB, {ens.flops / 1e9:.4g}{flops} "
@@ -251,8 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             dry_run(spec)
             return 0
-        summary = sweep(spec, run_dir, args.resume)
+        summary = sweep(spec, run_dir, args.resume, args.overrides)
         print_summary(summary, run_dir, log_path(spec, run_dir))
+        if isinstance(summary.ensemble, results.EnsembleFailure):  # the summary and report are written
+            print(f"error: the ensemble step failed: {summary.ensemble.error}", file=sys.stderr)
+            return 1
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -69,13 +69,16 @@ td.reason { max-width: 320px; color: #8a3b12; word-break: break-word; }
 .badge.pending { background: #9467bd; }
 .table-wrap { overflow-x: auto; }
 code { font-size: 12.5px; }
+.failed { color: #b00020; }
+p.error { color: #b00020; background: #fdecee; border: 1px solid #f3c2c8; border-radius: 6px; padding: 8px 12px;
+          word-break: break-word; }
 """
 
 
 @dataclass(frozen=True)
 class _Ensemble:
-    """What the page shows of the ensemble step. A failed step shows as an ensemble without members
-    (as the page always has: the section is there, saying no curve and no members)."""
+    """What the page shows of the ensemble step. A failed step has its ``error`` ("Type: message")
+    and no members: the page shows the error where the ensemble would be."""
 
     members: list[str]
     weights: list[int]
@@ -87,13 +90,14 @@ class _Ensemble:
     curve: list[list[float]]
     flops: int | None = None  # the members' forward FLOPs per video together
     budget_flops: int | None = None
+    error: str = ""  # the failed step's cause; empty when it ran
 
     @classmethod
     def of(cls, ens: EnsembleSummary | EnsembleFailure | None) -> _Ensemble | None:
         if ens is None:
             return None
         if isinstance(ens, EnsembleFailure):
-            return cls([], [], None, None, None, None, "", [])
+            return cls([], [], None, None, None, None, "", [], error=ens.error or "unknown error")
         return cls([str(m) for m in ens.members], list(ens.weights), ens.gap, ens.selection_gap, ens.size_bytes,
                    ens.budget_bytes, ens.path, list(ens.curve), ens.flops, ens.budget_flops)  # fmt: skip
 
@@ -245,7 +249,9 @@ def _facts(summary: RunSummary, rows: Sequence[TrialRow], ens: _Ensemble | None)
         if size(flops):
             facts.append((label, esc(f"{fmt_gflops(flops)} GFLOPs per video")))
     facts += _best_facts(summary.best)
-    if ens:
+    if ens and ens.error:
+        facts.append(("ensemble", f'<b class="failed">failed</b>: {esc(ens.error)}'))
+    elif ens:
         facts.append(("ensemble", (
             f"{len(ens.members)} member(s) · GAP <b>{esc(fmt(ens.gap))}</b>"
             f" (selection {esc(fmt(ens.selection_gap))}) · {esc(fmt_mb(ens.size_bytes))} MB · "
@@ -285,6 +291,13 @@ def _plot_sections(rows: Sequence[TrialRow], summary: RunSummary, importances: M
 
 
 def _ensemble_section(ens: _Ensemble, summary: RunSummary, rows: Sequence[TrialRow]) -> list[str]:
+    if ens.error:
+        return [
+            "<h2>Ensemble</h2>",
+            f'<p class="error ensemble-error"><b>The ensemble step failed:</b> {esc(ens.error)}</p>',
+            '<p class="note">No ensemble was selected. Once the cause is fixed, run the step again with '
+            "<code>python -m yt8m_search.ensemble RUN_DIR</code> (it updates summary.json, not this page).</p>",
+        ]
     budget_bytes = size(ens.budget_bytes) or size(summary.budget.ensemble_bytes)
     best_gap = num(summary.best.gap) if summary.best else None
     return [

@@ -26,6 +26,7 @@ from yt8m_search.search.space import (
     NUMBER,
     OBJECTIVE_METRICS,
     FidelityAwareOptunaSearch,
+    InfeasibleConfig,
     SearchSpace,
     make_sampler,
     make_searcher,
@@ -34,7 +35,7 @@ from yt8m_search.search.space import (
 )
 from yt8m_search.search.study import importances, write_study
 from yt8m_search.search.summary import summarize
-from yt8m_search.search.trial import SweepContext, run_trial, trial_resources
+from yt8m_search.search.trial import SweepContext, run_trial, trial_resources, trial_seed
 from yt8m_search.search.tuner import max_concurrent_trials, run_sweep, trial_row, trial_rows
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "NUMBER",
     "OBJECTIVE_METRICS",
     "FidelityAwareOptunaSearch",
+    "InfeasibleConfig",
     "LiveView",
     "SearchSpace",
     "SweepContext",
@@ -57,6 +59,7 @@ __all__ = [
     "summarize",
     "trial_row",
     "trial_rows",
+    "trial_seed",
     "trial_state",
     "write_study",
 ]

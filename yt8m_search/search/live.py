@@ -12,10 +12,9 @@ from yt8m_search.results import LIVE_STATES, TrialState
 
 
 def trial_state(status: str, result: dict[str, Any] | None, error: bool, epochs: int) -> TrialState:
-    """complete / stopped (by ASHA) / infeasible / error / running / pending, from a trial's Tune
-    status, its last result and whether it failed; ``epochs``: a full trial's epochs."""
-    if result and result.get("infeasible"):
-        return TrialState.INFEASIBLE
+    """complete / stopped (by ASHA) / error / running / pending, from a Tune trial's status, its last
+    result and whether it failed; ``epochs``: a full trial's epochs. (Infeasible configurations are
+    never Tune trials: the searcher rejects them, and the trials table adds them after the sweep.)"""
     if error or status == "ERROR":
         return TrialState.ERROR
     if status in ("RUNNING", "PENDING", "PAUSED"):
@@ -26,8 +25,9 @@ def trial_state(status: str, result: dict[str, Any] | None, error: bool, epochs:
 
 
 class LiveView(tune.Callback):
-    """One status line whenever the picture changes (at most every 2 s): trials by state and the
-    best GAP so far; on the terminal (``logs.say``) unless given a ``stream``."""
+    """One status line whenever the picture changes (at most every 2 s): Tune trials by state and the
+    best GAP so far; on the terminal (``logs.say``) unless given a ``stream``. Rejected (infeasible)
+    configurations are not Tune trials and not counted here; the summary counts them."""
 
     def __init__(self, epochs: int, stream: Any = None) -> None:
         self.epochs, self.stream = epochs, stream
@@ -44,7 +44,7 @@ class LiveView(tune.Callback):
             state = trial_state(t.status, t.last_result, t.status == "ERROR", self.epochs)
             counts[state.value] += 1
             gap = (t.last_result or {}).get("gap_best")
-            if gap is not None and state is not TrialState.INFEASIBLE:
+            if gap is not None:
                 best = gap if best is None else max(best, gap)
         best_text = f"{best:.4f}" if best is not None else "-"
         return " | ".join(f"{k} {v}" for k, v in counts.items()) + f" | best GAP {best_text}"

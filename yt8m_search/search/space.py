@@ -1,15 +1,20 @@
 """The search space and the searcher: Optuna (TPE, seeded, define-by-run) behind Ray Tune.
 
 ``SearchSpace`` samples a configuration, computes its analytic stored size and forward FLOPs and
-tells Optuna (``trial.set_constraint``) whether it fits the per-model budgets (bytes, FLOPs); an
-infeasible trial reports at once and never starts a worker. ``make_sampler`` is the one place the
-sweep's sampler is built: the searcher and ``run --dry-run`` both use it.
+tells Optuna (``trial.set_constraint``, Optuna's standard constraints) whether it fits the per-model
+budgets (bytes, FLOPs). The searcher never hands Tune an infeasible configuration: it ends that
+Optuna trial at once (PRUNED, its constraints > 0: TPE ranks it below every feasible trial), records
+it in ``FidelityAwareOptunaSearch.infeasible`` and asks again. So an infeasible configuration costs
+no Tune trial (no ``num_samples`` slot, no W&B run) and ASHA never sees it. ``make_sampler`` is the
+one place the sweep's sampler is built: the searcher and ``run --dry-run`` both use it.
 """
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -17,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from yt8m_search import compat, models
 from yt8m_search.config import Parameter, Spec
+from yt8m_search.data import fs
 
 # each objective of ``search.objectives``: the trial's reported metric and its direction
 OBJECTIVE_METRICS = {"gap": ("gap_best", "max"), "size": ("size_bytes", "min"), "flops": ("flops", "min")}
@@ -26,6 +32,8 @@ OBJECTIVE_METRICS = {"gap": ("gap_best", "max"), "size": ("size_bytes", "min"), 
 # searcher's study, whose numbering goes on).
 NUMBER = "number"
 EXTRA_KEYS = ("size_bytes", "flops", "feasible", "infeasible_reason", NUMBER)
+# consecutive infeasible draws after which the searcher gives up (the budget leaves too little room)
+MAX_INFEASIBLE_DRAWS = 1000
 
 
 def _suggest(trial: optuna.Trial, p: Parameter) -> Any:
@@ -92,19 +100,63 @@ class SearchSpace:
                 "infeasible_reason": "; ".join(reasons), NUMBER: trial.number}  # fmt: skip
 
 
-class FidelityAwareOptunaSearch(OptunaSearch):
-    """ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE with truncated metrics, so a
-    partially trained trial never lands on the Pareto front nor poses as a finished one."""
+@dataclass(frozen=True)
+class InfeasibleConfig:
+    """A configuration the searcher drew and rejected: its Optuna trial number (creation order, shared
+    with the Tune trials' ``number``), its config (as ``SearchSpace`` returned it), analytic size and
+    FLOPs (-1: not a valid model) and why it does not fit."""
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+    number: int
+    config: dict[str, Any]
+    size_bytes: int
+    flops: int
+    reason: str
+
+
+class FidelityAwareOptunaSearch(OptunaSearch):
+    """Optuna behind Tune, with two changes. ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE
+    with truncated metrics, so a partially trained trial never lands on the Pareto front nor poses as
+    a finished one. And ``suggest`` only ever returns feasible configurations: an infeasible draw is
+    told to Optuna (PRUNED, with the constraints ``SearchSpace`` set) and kept in ``infeasible``, a
+    plain attribute, so Tune's searcher checkpoint (``save`` pickles ``__dict__``) keeps it."""
+
+    def __init__(self, *args: Any, max_epochs: int, budget: str = "the per-model budget",
+                 max_draws: int = MAX_INFEASIBLE_DRAWS, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
-        self.max_epochs = max_epochs
+        self.max_epochs, self.budget, self.max_draws = max_epochs, budget, max_draws
+        self.infeasible: list[InfeasibleConfig] = []
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for _ in range(self.max_draws):
+            config = super().suggest(trial_id)
+            if config is None or config.get("feasible", True):
+                return config
+            compat.reject_optuna_trial(self, trial_id)
+            self.infeasible.append(InfeasibleConfig(
+                number=config[NUMBER], config=config, size_bytes=config["size_bytes"], flops=config["flops"],
+                reason=config["infeasible_reason"]))  # fmt: skip
+        raise RuntimeError(f"{self.max_draws} configurations in a row were over {self.budget} (the last: "
+                           f"{self.infeasible[-1].reason}); raise the budget or narrow the space")  # fmt: skip
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped = result and not error and not result.get("infeasible") and result.get("epoch", 0) < self.max_epochs
+        stopped = result and not error and result.get("epoch", 0) < self.max_epochs
         if stopped and compat.tell_optuna_pruned(self, trial_id):
             return
         super().on_trial_complete(trial_id, result, error)
+
+    @classmethod
+    def saved_infeasible(cls, experiment_dir: str) -> list[InfeasibleConfig]:
+        """The infeasible configurations in the newest searcher checkpoint Tune wrote in
+        ``experiment_dir`` (local or s3://; Tune writes a last one when the sweep ends, and a resumed
+        sweep's restored searcher carries the earlier ones); empty when there is none."""
+        try:
+            files = fs.list_files(experiment_dir, pattern=cls.CKPT_FILE_TMPL.format("*"))
+        except FileNotFoundError:
+            return []
+        if not files:
+            return []
+        state = pickle.loads(fs.read_bytes(files[-1]))  # names end in the session's timestamp
+        return list(state.get("infeasible", [])) if isinstance(state, dict) else []
 
 
 class GridSampler(optuna.samplers.GridSampler):
@@ -140,4 +192,14 @@ def make_searcher(spec: Spec) -> FidelityAwareOptunaSearch:
         sampler=make_sampler(spec),
         study_name=spec.name,
         max_epochs=spec.trial.epochs,
+        budget=budget_text(spec),
     )
+
+
+def budget_text(spec: Spec) -> str:
+    """The per-model budgets in words, for the error when nothing drawn fits."""
+    budget = spec.budget
+    parts = [f"budget.max_model_bytes={budget.max_model_bytes:,}"] if budget.max_model_bytes is not None else []
+    if budget.max_flops is not None:
+        parts.append(f"budget.max_flops={budget.max_flops:,}")
+    return " / ".join(parts) or "the per-model budget (or not valid models)"

@@ -1,7 +1,8 @@
 """The sweep: Ray Tune trials proposed by the searcher, stopped by ASHA, turned into the trials table.
 
 ``run_sweep`` builds (or restores) the Tuner, runs it and returns one ``results.TrialRow`` per trial
-in creation order.
+in creation order: the Tune trials and the infeasible configurations the searcher rejected (never
+Tune trials; read back from its last checkpoint), merged by their Optuna number.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from yt8m_search import tracking
 from yt8m_search.config import Spec
 from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths
-from yt8m_search.results import TRAINED_STATES, TrialRow
+from yt8m_search.results import TRAINED_STATES, TrialRow, TrialState
 from yt8m_search.search.live import LiveView, trial_state
-from yt8m_search.search.space import NUMBER, make_searcher, model_of
-from yt8m_search.search.trial import SweepContext, run_trial, trial_resources
+from yt8m_search.search.space import NUMBER, FidelityAwareOptunaSearch, InfeasibleConfig, make_searcher, model_of
+from yt8m_search.search.trial import SweepContext, run_trial, trial_resources, trial_seed
 
 
 def max_concurrent_trials(spec: Spec) -> int:
@@ -96,11 +97,21 @@ def run_sweep(spec: Spec, data: DataPaths, run_dir: str, *, resume: bool = False
     else:
         tuner = _new_tuner(spec, trainable, run_dir)
     results = tuner.fit()
-    return trial_rows(spec, [(r.config or {}, r.metrics or {}, r.error) for r in results])
+    infeasible = FidelityAwareOptunaSearch.saved_infeasible(experiment)
+    return trial_rows(spec, [(r.config or {}, r.metrics or {}, r.error) for r in results], infeasible)
 
 
-def trial_rows(spec: Spec, trials: Sequence[tuple[dict[str, Any], dict[str, Any], Any]]) -> list[TrialRow]:
-    """The trials table from each trial's (config, last metrics, error), numbered 0..n-1 in creation order.
+def _infeasible_trial(record: InfeasibleConfig) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """A rejected configuration as a table entry: its config (``feasible`` False) and a stable id."""
+    config = {**record.config, NUMBER: record.number, "feasible": False, "infeasible_reason": record.reason,
+              "size_bytes": record.size_bytes, "flops": record.flops}  # fmt: skip
+    return config, {"trial_id": f"infeasible-{record.number}"}, None
+
+
+def trial_rows(spec: Spec, trials: Sequence[tuple[dict[str, Any], dict[str, Any], Any]],
+               infeasible: Sequence[InfeasibleConfig] = ()) -> list[TrialRow]:  # fmt: skip
+    """The trials table from each Tune trial's (config, last metrics, error) and the searcher's
+    rejected configurations (``infeasible``), numbered 0..n-1 in creation order.
 
     The order comes from the searcher's number in each config (see ``space.NUMBER``), not from the
     result grid's order: Tune moves a retried trial to the end of its list, and a resumed sweep
@@ -112,7 +123,8 @@ def trial_rows(spec: Spec, trials: Sequence[tuple[dict[str, Any], dict[str, Any]
         number = config.get(NUMBER)
         return number is None, number if number is not None else 0, index
 
-    ordered = [trial for _, trial in sorted(enumerate(trials), key=created)]
+    entries = [*trials, *(_infeasible_trial(r) for r in infeasible)]
+    ordered = [trial for _, trial in sorted(enumerate(entries), key=created)]
     return [trial_row(spec, n, config, metrics, error) for n, (config, metrics, error) in enumerate(ordered)]
 
 
@@ -126,8 +138,10 @@ def _first_line(error: Any) -> str:
 
 def trial_row(spec: Spec, number: int, config: dict[str, Any], metrics: dict[str, Any], error: Any) -> TrialRow:
     """One trial's row: its parameters, its last result's metrics (NaN and empty paths when it did
-    not train) and why it is infeasible or failed."""
+    not train), its seed, and why it is infeasible (``feasible`` False in its config) or failed."""
     state = trial_state("ERROR" if error else "TERMINATED", metrics, error is not None, spec.trial.epochs)
+    if config.get("feasible") is False:
+        state = TrialState.INFEASIBLE
     family, hparams = model_of(config, spec.parameters) if "family" in config else ("", {})
     trained = state in TRAINED_STATES
     nan = math.nan
@@ -146,7 +160,7 @@ def trial_row(spec: Spec, number: int, config: dict[str, Any], metrics: dict[str
         epochs=int(metrics.get("epoch", 0)) if trained else 0,
         best_epoch=int(metrics.get("best_epoch", 0)),
         params=int(metrics.get("params", 0)),
-        size_bytes=int(metrics.get("size_bytes", config.get("size_bytes", 0))),
+        size_bytes=int(metrics.get("size_bytes", max(config.get("size_bytes", 0), 0))),
         samples_per_s=_float(metrics.get("samples_per_s")),
         checkpoint=str(metrics.get("checkpoint", "")) if trained else "",
         predictions=str(metrics.get("predictions", "")) if trained else "",
@@ -154,4 +168,5 @@ def trial_row(spec: Spec, number: int, config: dict[str, Any], metrics: dict[str
         flops=max(int(metrics.get("flops", config.get("flops", 0))), 0),
         latency_ms=_float(metrics.get("latency_ms")),
         device=str(metrics.get("device", "")),
+        seed=trial_seed(spec.search.seed, config.get(NUMBER)),
     )
