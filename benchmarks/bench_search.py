@@ -7,7 +7,8 @@ Both sweeps run ``search_spaces/smoke.yaml`` through ``yt8m_search.run`` on a sm
 
   tpe+asha   the space's TPE sampler with ASHA on ``epoch`` (grace 1, reduction 2), ``--trials`` trials
   random     random sampling, no early stopping, as many trials as fit in the trial-epochs the first
-             sweep spent (infeasible configs cost nothing in either)
+             sweep spent (infeasible configs cost nothing in either: the searcher rejects them before
+             they become Tune trials)
 
 Every reported epoch of every trial, in wall-clock order, is one trial-epoch spent; the printed
 curves are the best validation GAP reached after each share of the common budget.
@@ -35,7 +36,7 @@ def curve(run_dir: Path) -> list[tuple[int, float]]:
     for log in (run_dir / "tune").glob("*/result.json"):
         for line in log.read_text().splitlines():
             result = json.loads(line) if line.strip() else {}
-            if result and not result.get("infeasible"):
+            if result:
                 events.append((result["timestamp"], result["gap"]))
     best, points = 0.0, []
     for spent, (_, gap) in enumerate(sorted(events), start=1):
