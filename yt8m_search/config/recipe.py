@@ -55,19 +55,21 @@ def trial_settings(spec: Spec, values: Mapping[str, Any]) -> TrialSettings:
     return settings.replace(**given)
 
 
+def _family_parameters(parameters: Collection[Parameter], family: str) -> dict[str, Parameter]:
+    """The ``trial`` parameters whose family condition (if any) admits ``family``, by name."""
+    return {p.name: p for p in parameters if p.section == "trial"
+            and all(family in allowed for name, allowed in p.when if name == "family")}
+
+
 def _explicit_for(spec_explicit: Collection[str], parameters: Collection[Parameter], family: str) -> set[str]:
-    """The settings the space sets for trials of ``family``: fixed ones and the ``trial``
-    parameters whose family condition (if any) admits it."""
-    admitted = {p.name for p in parameters if p.section == "trial"
-                and all(family in allowed for name, allowed in p.when if name == "family")}
-    return set(spec_explicit) | admitted
+    """The settings the space sets for trials of ``family``: fixed ones and its admitted parameters."""
+    return set(spec_explicit) | set(_family_parameters(parameters, family))
 
 
 def setting_sources(spec: Spec, family: str) -> dict[str, tuple[Any, str]]:
     """Every setting of a ``family`` trial with where it comes from (space, searched, recipe or
     default); a searched setting's value is its parameter's path. For the dry run."""
-    searched = {p.name: p for p in spec.parameters if p.section == "trial"
-                and all(family in allowed for name, allowed in p.when if name == "family")}
+    searched = _family_parameters(spec.parameters, family)
     settings, taken = family_settings(spec.trial, spec.trial_explicit | set(searched), family)
     out: dict[str, tuple[Any, str]] = {}
     for name in TrialSettings.names():

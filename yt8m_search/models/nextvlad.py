@@ -159,6 +159,11 @@ def nextvlad_stream_params(feature_size: int, groups: int, clusters: int, expans
     )
 
 
+def pooled_width(groups: int, clusters: int, expansion: int) -> int:
+    """D = Ng·K of the video stream + Ng·K of the audio stream (half the groups and clusters)."""
+    return (expansion * RGB_DIM // groups) * clusters + (expansion * AUDIO_DIM // (groups // 2)) * (clusters // 2)
+
+
 def nextvlad_stream_flops(feature_size: int, groups: int, clusters: int, expansion: int) -> int:
     """Expansion, attention and cluster FCs on each of the 300 frames, then xgᵀ [Ng, T·G] @ act [T·G, K]."""
     wide, t = expansion * feature_size, MAX_FRAMES
@@ -301,8 +306,7 @@ def nextvlad_branch_count(
     gate = input_gating_params(FEATURE_DIM) if input_gating else Count(0, 0)
     video = nextvlad_stream_params(RGB_DIM, groups, clusters, expansion)
     audio = nextvlad_stream_params(AUDIO_DIM, groups // 2, clusters // 2, expansion)
-    # D = Ng·K of the video stream + Ng·K of the audio stream
-    d = (expansion * RGB_DIM // groups) * clusters + (expansion * AUDIO_DIM // (groups // 2)) * (clusters // 2)
+    d = pooled_width(groups, clusters, expansion)
     return (
         gate
         + video
@@ -328,7 +332,7 @@ def nextvlad_branch_flops(
     input_gating: bool,
 ) -> int:
     """One NeXtVLADModel's forward FLOPs on one video of 300 frames (the input transform is free)."""
-    d = (expansion * RGB_DIM // groups) * clusters + (expansion * AUDIO_DIM // (groups // 2)) * (clusters // 2)
+    d = pooled_width(groups, clusters, expansion)
     return (
         (input_gating_flops(FEATURE_DIM) if input_gating else 0)
         + nextvlad_stream_flops(RGB_DIM, groups, clusters, expansion)

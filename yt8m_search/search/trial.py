@@ -43,14 +43,10 @@ class SweepContext:
     def trials_dir(self) -> str:
         return fs.join(self.run_dir, "trials")
 
-    def settings(self, values: dict[str, Any]) -> TrialSettings:
-        """The trial's settings: the space's (fixed or sampled) > its family's recipe > the defaults."""
-        return trial_settings(self.spec, values)
-
     def train_config(self, values: dict[str, Any]) -> TrainConfig:
         family, hparams = model_of(values, self.spec.parameters)
         return TrainConfig.from_settings(
-            self.settings(values),
+            trial_settings(self.spec, values),  # the space's (fixed or sampled) > its family's recipe > the defaults
             model=family,
             hparams=hparams,
             storage_dtype=self.spec.budget.storage_dtype,
