@@ -11,7 +11,7 @@ model configuration the space can produce (its choices and integer grids; float 
 temperature and the learning rate at the middle of their ranges), within the space's per-model budget (larger
 ones never train), and of each family (``--by-classifier``: of each family and classifier) the smallest and
 the largest by stored size. The trial settings are the space's (epochs, batch, eval batch, shuffle buffer,
-CPUs per worker), the data its synthetic set (smoke: 1000 training and 300 validation videos of up to 20
+CPUs per worker), the data its synthetic set (smoke: 1500 training and 500 validation videos of up to 20
 frames). For each configuration, side by side:
 
   compute   the recipe's step (``make_optimizer``, ``train_step``: forward, backward, per-parameter clipping,
@@ -124,7 +124,8 @@ def train_config(spec: config.Spec, pick: Pick) -> TrainConfig:
     searched = {k: v for k, v in floats.items() if k in config.TrialSettings.searchable_names()}
     settings = config.trial_settings(spec, {"family": pick.family, **searched})
     return TrainConfig.from_settings(settings, model=pick.family, hparams=pick.hparams,
-                                     storage_dtype=spec.budget.storage_dtype, seed=spec.search.seed)
+                                     storage_dtype=spec.budget.storage_dtype, seed=spec.search.seed,
+                                     holdout_fraction=spec.data.holdout_fraction)
 
 
 def memory_batches(train: str, batch_size: int, count: int, num_classes: int,

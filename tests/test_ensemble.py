@@ -120,9 +120,17 @@ def test_random_budgets_are_never_exceeded_and_beat_the_best_single_member() -> 
         singles = [metrics.gap(d, labels) for d, s in zip(dense, sizes) if s <= budget]
         assert selection.gap >= selection.best_single[1]
         assert selection.best_single[1] == pytest.approx(max(singles), abs=1e-4)
-        # The curve: sizes never shrink, GAP strictly grows, ends within the budget.
+        # The curve stays within the budget and ends at the chosen ensemble; one greedy run's curve only
+        # grows, a bagged one has a point per bag.
         assert selection.curve and all(s <= budget for s, _ in selection.curve)
-        assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(selection.curve, selection.curve[1:]))
+        assert tuple(selection.curve[-1]) == (selection.size_bytes, selection.gap)
+        if selection.method == "greedy":
+            assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(selection.curve, selection.curve[1:]))
+        else:  # a point per bag, then one for the pruning and one for falling back to the best single, if any
+            assert selection.bags == ensemble.DEFAULT_BAGS and len(candidates) >= 2
+            extra = [s.split(" ")[0] for s in selection.steps[selection.bags:]]
+            assert len(selection.curve) == len(selection.steps) and extra in ([], ["pruned"], ["best"],
+                                                                               ["pruned", "best"])
         # The reported GAP is that of the chosen weights (repeats act as weights).
         weights = [0] * n
         index = {c.trial_id: j for j, c in enumerate(candidates)}
@@ -154,9 +162,10 @@ def test_a_tight_budget_prefers_gain_per_byte() -> None:
     for c in candidates[1:]:
         c.size_bytes = 100
     candidates[0].size_bytes = 500
-    selection = ensemble.select(candidates, 500)
+    # One greedy run (no bags: the knapsack greedy is what is tested), gain and per byte both tried.
+    selection = ensemble.select(candidates, 500, bags=1)
     assert selection.size_bytes <= 500
-    ensemble_of_small = ensemble.select(candidates[1:], 500)
+    ensemble_of_small = ensemble.select(candidates[1:], 500, bags=1)
     assert selection.gap >= ensemble_of_small.gap - 1e-12
 
 
@@ -317,11 +326,13 @@ def test_run_exports_a_bundle_within_budget_that_reproduces_its_gap(fake_run: Pa
     sizes = _sizes(fake_run)
     assert entry.size_bytes == sum(sizes[t] for t in entry.members) <= entry.budget_bytes
     assert Path(entry.path).stat().st_size == entry.file_bytes <= entry.budget_bytes
-    assert entry.selection_gap >= entry.best_single["gap"]
+    assert entry.gap >= entry.best_single["gap"]  # dense, both as shipped
     assert entry.curve and entry.curve[-1][0] <= entry.budget_bytes
     assert any("average of its last" in n for n in entry.notes) == ("t-gru" in entry.members)
     summary = json.loads((fake_run / "summary.json").read_text())
-    assert summary["ensemble"] == json.loads(json.dumps(dataclasses.asdict(entry))) and summary["best"] is None
+    as_json = json.loads(json.dumps(dataclasses.asdict(entry)).replace("NaN", "null"))  # no holdout: null
+    assert summary["ensemble"] == as_json and summary["best"] is None
+    assert summary["ensemble"]["holdout_gap"] is None and entry.holdout_videos == 0
     assert results.read_summary(str(fake_run)).ensemble == entry
     # Loading the bundle back gives the reported validation GAP exactly.
     loaded = ensemble.load_bundle(entry.path)
@@ -448,6 +459,11 @@ def test_ensemble_cli(fake_run: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert ensemble_main([str(run_dir), "--budget", str(smallest + 20_000)]) == 0  # + the file's overhead
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("ensemble: 1 members") and (run_dir / ensemble.BUNDLE_NAME).exists()
+    # each figure labelled by the part it was measured on (no holdout in this sweep: n/a)
+    assert "selection GAP 0." in out[-1] and "holdout GAP n/a (0 videos)" in out[-1]
+    assert any(line.startswith("best single model as shipped: trial ") for line in out)
+    assert any(line.startswith("selection: ") and "a step kept when its gain exceeds 1.282 bootstrap sds" in line
+               for line in out)
     entry = json.loads((run_dir / "summary.json").read_text())["ensemble"]
     assert entry["budget_bytes"] == smallest + 20_000 and len(entry["members"]) == 1
     assert ensemble_main([str(run_dir), "--budget", str(smallest - 1)]) == 1

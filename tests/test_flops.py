@@ -29,6 +29,7 @@ WILLOW: list[dict[str, Any]] = [
     {"sample_frames": 30},  # evaluation uses every frame: FLOPs do not depend on it
 ]
 VARIATIONS: dict[str, list[dict[str, Any]]] = {
+    "frame_logistic": [{"classifier": "moe", "num_mixtures": 3}],
     "nextvlad": [
         *HEADS,
         {"groups": 4, "clusters": 6, "expansion": 2},

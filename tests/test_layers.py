@@ -117,3 +117,65 @@ def test_registry_rejects_unknown_names_with_the_valid_ones() -> None:
         registry.param_count("nextvlad", groups="8")
     with pytest.raises(ValueError, match="storage dtype"):
         registry.size_bytes("nextvlad", dtype="int8")
+
+
+def test_evaluation_batch_norm_divides_the_initial_statistics_out() -> None:
+    torch.manual_seed(0)
+    bn, plain = layers.batch_norm(6), torch.nn.BatchNorm1d(6, eps=1e-3, momentum=1e-3)
+    batches = [torch.randn(64, 6) * 3 + 5 for _ in range(40)]
+    bn.train(), plain.train()
+    for x in batches:
+        bn(x), plain(x)
+    bn.eval(), plain.eval()
+    probe = torch.randn(8, 6) * 3 + 5
+    # the exponential average of 40 batches, its start (mean 0, variance 1) divided out
+    decay = 1 - 1e-3
+    weights = torch.tensor([(1 - decay) * decay ** (39 - i) for i in range(40)], dtype=torch.float64)
+    mean = sum(w * x.double().mean(0) for w, x in zip(weights, batches)) / weights.sum()
+    var = sum(w * x.double().var(0) for w, x in zip(weights, batches)) / weights.sum()  # unbiased, as BN tracks
+    expected = (probe.double() - mean) / torch.sqrt(var + 1e-3)
+    assert torch.allclose(bn(probe).double(), expected, atol=1e-4)
+    assert not torch.allclose(plain(probe), bn(probe), atol=0.1)  # the plain one still sees mostly (0, 1)
+    bn.num_batches_tracked.fill_(100_000)  # a paper-length run: the start weighs nothing, the same as plain
+    plain.running_mean.copy_(bn.running_mean), plain.running_var.copy_(bn.running_var)
+    assert torch.allclose(bn(probe), plain(probe), atol=1e-5)
+    fresh, fresh_plain = layers.batch_norm(6).eval(), torch.nn.BatchNorm1d(6, eps=1e-3).eval()
+    assert torch.equal(fresh(probe), fresh_plain(probe))  # untrained: the initial statistics, as plain
+
+
+def test_heads_start_at_the_average_label_rate() -> None:
+    assert 1 / (1 + math.exp(-layers.prior_logit(3862))) == pytest.approx(3 / 3862)
+    assert layers.prior_logit(4) == 0.0  # a rate above one half is capped there
+    h = torch.zeros(5, 16)
+    logistic = layers.LogisticHead(16, 3862)
+    assert torch.allclose(torch.sigmoid(logistic(h)), torch.full((5, 3862), 3 / 3862))
+    moe = layers.MoeHead(16, 2, 3862)
+    # two experts at the rate and the dummy at 0, gated equally: two thirds of the rate
+    assert torch.allclose(torch.sigmoid(moe(h)), torch.full((5, 3862), 2 / 3 * 3 / 3862), rtol=1e-4)
+
+
+def test_folded_statistics_evaluate_the_same_in_any_batch_norm_and_survive_bf16() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), layers.batch_norm(6))
+    model.train()
+    for _ in range(30):  # a short run: the raw running variance is ~0.97 + 0.03 * v
+        model(torch.randn(32, 4) * 2 + 1)
+    model.eval()
+    probe = torch.randn(8, 4)
+    expected = model(probe)
+    folded = layers.folded_statistics(model, model.state_dict())
+    assert int(folded["1.num_batches_tracked"]) == 0 and int(model[1].num_batches_tracked) == 30  # a copy
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6, eps=1e-3)).eval()
+    plain.load_state_dict(folded)
+    assert torch.allclose(plain(probe), expected, atol=1e-5)
+    same = torch.nn.Sequential(torch.nn.Linear(4, 6), layers.batch_norm(6)).eval()
+    same.load_state_dict(folded)
+    assert torch.allclose(same(probe), expected, atol=1e-5)
+
+    def through_bf16(state: dict[str, torch.Tensor]) -> float:
+        same.load_state_dict({k: v.to(torch.bfloat16).float() if v.is_floating_point() else v
+                              for k, v in state.items()})  # fmt: skip
+        return (same(probe) - expected).abs().max().item()
+
+    folded_error, raw_error = through_bf16(folded), through_bf16(model.state_dict())
+    assert folded_error < 0.2 * raw_error  # raw statistics lose the correction's precision in bf16

@@ -150,7 +150,7 @@ def test_moe_gate_and_expert_weights_are_glorot_uniform(hidden: int, mixtures: i
             assert torch.quantile(sample, q).item() == pytest.approx(limit * (2 * q - 1), abs=0.01 * limit)
         # what it replaced here: variance scaling gave ~3× the std (~10× the variance)
         assert 2.5 < _old_variance_scaling_std(hidden) / w.std().item() < 4.0
-    assert torch.count_nonzero(head.experts.bias) == 0
+    assert torch.equal(head.experts.bias, torch.full_like(head.experts.bias, layers.prior_logit(classes)))
 
 
 def test_models_use_the_glorot_moe_head() -> None:

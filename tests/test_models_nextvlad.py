@@ -300,7 +300,7 @@ def test_mixture_kl_vanishes_for_identical_branches() -> None:
         branch.load_state_dict(model.branches[0].state_dict())
     out, _ = _mixture_output(model)
     assert torch.allclose(out.branch_logits[0], out.branch_logits[2])
-    assert 0.0 <= model.distillation_loss(out).item() < 1e-6
+    assert abs(model.distillation_loss(out).item()) < 1e-6  # zero up to float32 round-off
     assert len(model.l2_parameters()) == 2 * 3
 
 

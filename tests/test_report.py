@@ -140,8 +140,8 @@ def ensemble_summary(**values: object) -> EnsembleSummary:
     fields: dict[str, object] = dict(
         members=[], weights=[], models=[], member_gaps=[], member_bytes=[], gap=NAN, selection_gap=NAN,
         best_single={}, hit_at_one=NAN, perr=NAN, map=None, validation_videos=0, size_bytes=0, file_bytes=0,
-        budget_bytes=0, storage_dtype="float16", path="", format_version=1, strategy="greedy", curve=[], steps=0,
-        local_moves=0, candidates=0, evaluations=0, selection_seconds=0.0, seconds=0.0, notes=[],
+        budget_bytes=0, storage_dtype="float16", path="", format_version=1, strategy="greedy", curve=[], steps=[],
+        local_moves=[], candidates=0, evaluations=0, selection_seconds=0.0, seconds=0.0, notes=[],
     )  # fmt: skip
     fields.update(values)
     return EnsembleSummary(**fields)  # type: ignore[arg-type]
@@ -338,3 +338,25 @@ def test_a_failed_ensemble_step_shows_its_error_where_the_ensemble_would_be(rows
     assert f"failed: {error}" in shown and f"The ensemble step failed: {error}" in shown
     assert "<script>" not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in text
     assert len(page.tags("p", **{"class": "error ensemble-error"})) == 1
+
+
+def test_the_report_labels_selection_and_holdout_figures_beside_the_baseline(rows: list[TrialRow]) -> None:
+    summary = summary_for(rows)
+    best = dataclasses.replace(summary.best, gap=0.31, holdout_gap=0.27)
+    ensemble = ensemble_summary(
+        members=["t00", "t03"], weights=[2, 1], gap=0.33, holdout_gap=0.29, selection_gap=0.335,
+        best_single={"trial_id": "t10", "gap": 0.3099, "holdout_gap": 0.2701}, method="bagged", bags=10,
+        noise_z=1.28, noise_sd=0.004, noise_tests=5, noise_rejections=2, curve=[[1 * MB, 0.31], [2 * MB, 0.33]],
+        steps=["bag 1", "bag 2"])  # fmt: skip
+    summary = dataclasses.replace(summary, best=best, ensemble=ensemble,
+                                  baselines={"class_prior_selection_gap": 0.0395, "class_prior_holdout_gap": 0.0353})
+    text = render_report(rows, summary, {})
+    assert "0.3100 on selection, <b>0.2700</b> on holdout" in text  # the best trial
+    assert "0.3300 on selection, <b>0.2900</b> on holdout" in text  # the shipped bundle
+    assert "t10 · GAP 0.3099 on selection, <b>0.2701</b> on holdout (its stored weights)" in text
+    assert "GAP 0.0395 on selection, <b>0.0353</b> on holdout" in text  # the class-prior ranking
+    assert "2 of 5 steps refused as noise" in text and "step 2 (bag 2)" in text
+    assert "<th>GAP (selection)</th><th>GAP (holdout)</th>" in text
+    shipped_alone = dataclasses.replace(ensemble, shipped_best_single=True, members=["t10"], weights=[1])
+    assert "the best single model alone" in render_report(rows, dataclasses.replace(summary, ensemble=shipped_alone),
+                                                          {})  # fmt: skip

@@ -83,13 +83,34 @@ def test_summary_round_trip_with_each_kind_of_ensemble(tmp_path: Path) -> None:
         path="/runs/smoke/ensemble.pt", format_version=2, strategy="greedy", curve=[[1000, 0.5]], steps=1,
         local_moves=0, candidates=1, evaluations=3, selection_seconds=0.1, seconds=1.0, notes=[],
     )
-    for ensemble in (None, results.EnsembleFailure("no trained trial fits the budget"), entry):
+    with_holdout = dataclasses.replace(
+        entry, best_single={"trial_id": "t000", "gap": 0.5, "holdout_gap": None}, holdout_gap=0.45, holdout_videos=12,
+        holdout_fraction=0.2, method="bagged", bags=10, resamples=100, noise_z=1.2816, noise_sd=0.002,
+        min_gain=0.0026, noise_tests=7, noise_rejections=3, shipped_best_single=True,
+    )  # fmt: skip
+    for ensemble in (None, results.EnsembleFailure("no trained trial fits the budget"), entry, with_holdout):
         written = summary(ensemble=ensemble)
         results.write_summary(written, str(tmp_path))
         assert results.read_summary(str(tmp_path)) == written
     raw = json.loads((tmp_path / "summary.json").read_text())
     assert list(raw) == ["space", "space_hash", "version", "run_dir", "objectives", "trials", "budget", "data",
-                         "best", "pareto", "ensemble"]
+                         "best", "pareto", "ensemble", "baselines"]
+
+
+def test_an_ensemble_entry_from_before_the_holdout_and_the_noise_test_reads_with_defaults() -> None:
+    old = {"members": ["t000"], "weights": [1], "models": ["nextvlad"], "member_gaps": [0.5], "member_bytes": [10],
+           "gap": 0.5, "selection_gap": 0.5, "best_single": {"trial_id": "t000", "gap": 0.5}, "hit_at_one": 0.6,
+           "perr": 0.4, "map": None, "validation_videos": 48, "size_bytes": 10, "file_bytes": 20,
+           "budget_bytes": 100, "storage_dtype": "bfloat16", "path": "/r/ensemble.pt", "format_version": 2,
+           "strategy": "gain", "curve": [[10, 0.5]], "steps": ["t000"], "local_moves": [], "candidates": 1,
+           "evaluations": 3, "selection_seconds": 0.1, "seconds": 1.0, "notes": []}  # fmt: skip
+    raw = {**results.summary_dict(summary()), "ensemble": old}
+    entry = results.parse_summary(raw).ensemble
+    assert entry.gap == 0.5 and math.isnan(entry.holdout_gap) and entry.holdout_videos == 0
+    assert entry.method == "" and entry.bags == 0 and math.isnan(entry.noise_sd) and not entry.shipped_best_single
+    written = results.summary_dict(summary(ensemble=dataclasses.replace(entry, holdout_gap=0.4)))
+    assert written["ensemble"]["holdout_gap"] == 0.4 and written["ensemble"]["noise_sd"] is None
+    assert results.parse_summary(json.loads(json.dumps(written))).ensemble.holdout_gap == 0.4
 
 
 def test_summary_nan_is_null_and_a_renamed_key_fails(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from yt8m_search import results
@@ -51,6 +52,10 @@ def test_smoke_sweep_on_s3_is_resumed_and_uploads_its_bundle(
 
     kill_sweep_when(command, finished, tmp_path / "first.log")
     assert _keys(client, bucket, "runs/smoke/summary.json") == []
+    # the journal went up while the sweep ran: its finished trial, with its per-epoch GAP
+    live = _study(client.get_object(Bucket=bucket, Key="runs/smoke/optuna.journal")["Body"].read(), tmp_path)
+    done = [t for t in live.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(sorted(t.intermediate_values) == [1, 2] for t in done)
 
     resumed = run_sweep_to_the_end([*command, "--resume"], tmp_path / "resumed.log")
     assert SECRET not in resumed
@@ -66,11 +71,24 @@ def test_smoke_sweep_on_s3_is_resumed_and_uploads_its_bundle(
         assert _keys(client, bucket, f"runs/smoke/{name}"), name
     table = results.parse_trials(client.get_object(Bucket=bucket, Key="runs/smoke/trials.csv")["Body"].read().decode())
     assert [r.number for r in table] == [0, 1]  # creation order, across the resume
+    study = _study(client.get_object(Bucket=bucket, Key="runs/smoke/optuna.journal")["Body"].read(), tmp_path)
+    held = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]  # FAIL: asked, then killed
+    assert [t.user_attrs["trial_id"] for t in held] == [r.trial_id for r in table]  # one study, resumed
+    assert [t.state for t in held] == [optuna.trial.TrialState.COMPLETE] * 2
 
     # credentials only ever come from the environment: no object of the run holds them
     for key in _keys(client, bucket, "runs/smoke/"):
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert SECRET.encode() not in body and KEY_ID.encode() not in body, key
+
+
+def _study(journal: bytes, tmp_path: Path) -> optuna.Study:
+    """A journal's study, from a copy in a local file (the way one reads a fetched run folder)."""
+    path = tmp_path / "fetched" / "optuna.journal"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(journal)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name="smoke", storage=storage)
 
 
 def _keys(client: object, bucket: str, prefix: str) -> list[str]:

@@ -176,6 +176,13 @@ def test_smoke_sweep_end_to_end(ray_local: None, tmp_path: Path) -> None:
     assert best is not None and Path(best["checkpoint"], "model.pt").exists()
     print("best GAP", best["gap"])
     assert best["gap"] > 0.15  # 40 classes, ~3 labels: a random ranking scores about 0.08
+    # the holdout (20% of the 80 validation videos by id hash) chose nothing; the class prior beside it
+    prior = summary["baselines"]
+    assert 0 < prior["class_prior_holdout_gap"] < 0.6 and 0 < prior["class_prior_selection_gap"] < 0.6
+    assert 0 < best["holdout_gap"] <= 1 and best["holdout_gap"] != best["gap"]
+    trained = [r for r in tune_trials if r["state"] == "complete"]
+    assert all(0 < float(r["holdout_gap"]) <= 1 for r in trained)
+    assert summary["data"]["holdout_fraction"] == 0.2
     for key in ("trial_id", "config", "gap", "epochs", "params", "size_bytes", "checkpoint", "predictions"):
         assert key in best
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
@@ -226,6 +233,12 @@ def _assert_tune_creation_order(out: Path, rows: list[dict[str, str]]) -> None:
     assert [created[r["trial_id"]] for r in tune_rows] == list(range(len(tune_rows))) == sorted(created.values())
 
 
+def _journal(out: Path) -> optuna.Study:
+    """The run's live study, read as optuna-dashboard reads it."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    return optuna.load_study(study_name="smoke", storage=storage)
+
+
 def _trial_spans(out: Path) -> list[tuple[float, float]]:
     """(start, end) wall-clock seconds of every trained trial, from Tune's per-trial result logs."""
 
@@ -261,6 +274,9 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
 
     kill_sweep_when(command, some_trial_finished, tmp_path / "first.log")
     assert not (out / "summary.json").exists()
+    live = _journal(out)  # written while the sweep ran: a finished trial with its per-epoch GAP
+    done = [t for t in live.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(sorted(t.intermediate_values) == [1, 2] for t in done)
 
     resumed = run_sweep_to_the_end([*command, "--resume"], tmp_path / "resumed.log")
     assert re.search(r"^\[00:[0-2]\d\] ", resumed, re.MULTILINE), resumed  # the clock restarts: not the killed run's
@@ -269,7 +285,16 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     assert f"log: {out / 'run.log'}" in resumed and "Wrote the latest version" in (out / "run.log").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials"]["complete"] == 4 and sum(summary["trials"].values()) == 4
-    _assert_tune_creation_order(out, list(csv.DictReader((out / "trials.csv").open())))  # survives --resume
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    _assert_tune_creation_order(out, rows)  # survives --resume
+    # the same journal went on: numbers continue, its trials in the table's order (a trial asked after
+    # the last searcher checkpoint is the killed sweep's: FAIL, no Tune trial)
+    study = _journal(out)
+    assert [t.number for t in study.trials] == list(range(len(study.trials)))
+    held = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert [t.user_attrs["trial_id"] for t in held] == [r["trial_id"] for r in rows]
+    assert all(t.user_attrs["state"] == "complete" and len(t.intermediate_values) == 2 for t in held)
+    assert all(t.datetime_start <= u.datetime_start for t, u in zip(study.trials, study.trials[1:]))
     for name, mtime in finished.items():  # finished before the kill: not trained again
         assert (out / "trials" / name / "history.json").stat().st_mtime == mtime
     spans = sorted(_trial_spans(out))

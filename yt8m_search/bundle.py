@@ -33,6 +33,7 @@ from yt8m_search.constants import NUM_CLASSES
 from yt8m_search.data import fs
 from yt8m_search.data.batch import VideoBatch
 from yt8m_search.metrics import MetricAccumulator
+from yt8m_search.metrics.holdout import holdout_mask
 
 __all__ = [
     "BUNDLE_NAME",
@@ -42,7 +43,9 @@ __all__ = [
     "BundleError",
     "BundleMember",
     "BundleTooLargeError",
+    "build_bundle",
     "evaluate_bundle",
+    "evaluate_parts",
     "export_bundle",
     "load_bundle",
     "resolve_device",
@@ -234,10 +237,26 @@ def _build_member(member: Mapping[str, Any]) -> models.VideoModel:
     return model
 
 
+def build_bundle(members: Sequence[BundleMember], dtype: str = "bfloat16",
+                 device: str | torch.device = "cpu") -> Bundle:
+    """The bundle ``export_bundle`` then ``load_bundle`` would give, built in memory: the members'
+    weights cast to the storage ``dtype`` and back to float32 (e.g. a model scored as shipped)."""
+    if not members:
+        raise BundleError("a bundle needs at least one member")
+    models.storage_itemsize(dtype)
+    dtype_name = str(dtype).removeprefix("torch.")
+    records = [_member_record(m, getattr(torch, dtype_name)) for m in members]
+    return _assemble({"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": dtype_name,
+                      "num_classes": _num_classes(records), "members": records, "selection": {}}, device)
+
+
 def load_bundle(path: str, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle written by ``export_bundle`` (any supported format version): weights cast back to
     float32, eval mode, on ``device``."""
-    blob = _read_blob(path)
+    return _assemble(_read_blob(path), device)
+
+
+def _assemble(blob: Mapping[str, Any], device: str | torch.device) -> Bundle:
     built = [_build_member(m) for m in blob["members"]]
     info = {k: v for k, v in blob.items() if k != "members"}
     info["members"] = [{k: v for k, v in m.items() if k != "state_dict"} for m in blob["members"]]
@@ -258,3 +277,36 @@ def evaluate_bundle(bundle: Bundle, batches: Iterable[VideoBatch], *, top_k: int
     if acc.num_videos == 0:
         raise ValueError("no videos to evaluate")
     return {**acc.result(), "videos": acc.num_videos}
+
+
+def _part_result(acc: MetricAccumulator) -> dict[str, Any]:
+    if acc.num_videos == 0:  # an empty part (no holdout): no figures
+        return {"gap": float("nan"), "hit_at_one": float("nan"), "perr": float("nan"), "map": float("nan"),
+                "videos": 0}
+    return {**acc.result(), "videos": acc.num_videos}
+
+
+def evaluate_parts(bundles: Sequence[Bundle], batches: Iterable[VideoBatch], *, holdout_fraction: float,
+                   top_k: int = 20) -> list[dict[str, dict[str, Any]]]:
+    """Per bundle, ``{"selection": metrics, "holdout": metrics}`` (``evaluate_bundle``'s keys) over one
+    pass of ``batches``: each video goes to the part ``metrics.holdout.holdout_mask`` gives its id.
+    An empty part's figures are NaN with ``videos`` 0."""
+    parts = [{"selection": MetricAccumulator(b.num_classes, top_k), "holdout": MetricAccumulator(b.num_classes, top_k)}
+             for b in bundles]  # fmt: skip
+    with torch.inference_mode():
+        for batch in batches:
+            held = holdout_mask(batch.ids, holdout_fraction)
+            labels = batch.labels.cpu().numpy()
+            moved_to: dict[torch.device, VideoBatch] = {}  # each batch moved (and dequantized) once per device
+            for bundle, accs in zip(bundles, parts):
+                device = next(bundle.parameters()).device
+                if device not in moved_to:
+                    moved_to[device] = batch.to(device)
+                moved = moved_to[device]
+                probs = bundle.predict(moved.features, moved.mask).float().cpu().numpy()
+                for name, rows in (("selection", ~held), ("holdout", held)):
+                    if rows.any():
+                        accs[name].update(probs[rows], labels[rows])
+    if not any(acc.num_videos for accs in parts[:1] for acc in accs.values()):
+        raise ValueError("no videos to evaluate")
+    return [{name: _part_result(acc) for name, acc in accs.items()} for accs in parts]

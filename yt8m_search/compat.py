@@ -76,6 +76,24 @@ def optuna_study(searcher: Any) -> Any:
     return searcher._ot_study
 
 
+def optuna_trial(searcher: Any, trial_id: str) -> Any:
+    """The live ``optuna.Trial`` that ``searcher`` asked for Tune trial ``trial_id`` (to report per-epoch
+    values and set attributes on, which OptunaSearch has no hook for); None once told, or unknown."""
+    if trial_id in searcher._completed_trials:
+        return None
+    return searcher._ot_trials.get(trial_id)
+
+
+def mark_optuna_told(searcher: Any, trial_id: str) -> None:
+    """Count Tune trial ``trial_id`` as told, without telling the study (someone else did)."""
+    searcher._completed_trials.add(trial_id)
+
+
+def optuna_trial_numbers(searcher: Any) -> set[int]:
+    """The Optuna numbers of the trials ``searcher`` holds for Tune trials (told or not)."""
+    return {trial.number for trial in searcher._ot_trials.values()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Ray's W&B integration: the per-trial logging actor is private, and subclassing it is the only way
 # to run code (``define_metric``) inside the actor's process after ``wandb.init``.
@@ -155,8 +173,11 @@ __all__ = [
     "PRIVATE_NAMES",
     "foreach_mul_",
     "foreach_norm",
+    "mark_optuna_told",
     "missing_private_names",
     "optuna_study",
+    "optuna_trial",
+    "optuna_trial_numbers",
     "reject_optuna_trial",
     "tell_optuna_pruned",
     "wandb_actor_split_result",

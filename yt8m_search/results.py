@@ -80,18 +80,19 @@ class TrialRow:
     latency_ms: float = math.nan  # measured: ms per video at eval_batch_size (the forward alone), last epoch
     device: str = ""  # where latency_ms was measured, e.g. "cpu (1 thread)" or "cuda (NVIDIA H200)"
     seed: int = -1  # the trial's training seed (search.trial.trial_seed); -1: unknown (a table from before)
+    holdout_gap: float = math.nan  # the best epoch's GAP on the holdout videos (metrics.holdout): chose nothing
 
     @property
     def trained(self) -> bool:
         return self.state in TRAINED_STATES
 
 
-_FLOATS = ("gap", "gap_last", "hit_at_one", "perr", "map", "samples_per_s", "latency_ms")
+_FLOATS = ("gap", "gap_last", "hit_at_one", "perr", "map", "samples_per_s", "latency_ms", "holdout_gap")
 _INTS = ("number", "epochs", "best_epoch", "params", "size_bytes", "flops", "seed")
 _COLUMNS = [f.name for f in dataclasses.fields(TrialRow) if f.name != "config"]
 # columns added after the first version, with what a table written before them reads as (``number``:
 # its line order, set by the reader)
-_LATER_COLUMNS = {"number": "", "flops": "0", "latency_ms": "", "device": "", "seed": "-1"}
+_LATER_COLUMNS = {"number": "", "flops": "0", "latency_ms": "", "device": "", "seed": "-1", "holdout_gap": ""}
 _CONFIG_PREFIX = "config."
 
 
@@ -249,13 +250,14 @@ class BestTrial:
     flops: int = 0  # analytic forward FLOPs per video (0: a summary written before they were recorded)
     latency_ms: float = math.nan  # measured, ms per video at eval_batch_size on ``device``
     device: str = ""
+    holdout_gap: float = math.nan  # on the holdout videos, which chose nothing (``gap``: the selection part's)
 
     @classmethod
     def of(cls, row: TrialRow) -> BestTrial:
         return cls(trial_id=row.trial_id, config=dict(row.config), model=row.model, hparams=dict(row.hparams),
                    gap=row.gap, epochs=row.epochs, params=row.params, size_bytes=row.size_bytes,
                    checkpoint=row.checkpoint, predictions=row.predictions, flops=row.flops,
-                   latency_ms=row.latency_ms, device=row.device)
+                   latency_ms=row.latency_ms, device=row.device, holdout_gap=row.holdout_gap)
 
 
 @dataclass(frozen=True)
@@ -271,12 +273,19 @@ class BudgetSummary:
 class DataSummary:
     train: str
     validation: str
+    holdout_fraction: float = 0.0  # metrics.holdout: 0 in a summary written before the holdout existed
 
 
 @dataclass(frozen=True)
 class EnsembleSummary:
-    """The ensemble step's entry (``summary["ensemble"]``); ``gap`` is the bundle's own validation GAP
-    from its stored weights, ``selection_gap`` the selection's estimate."""
+    """The ensemble step's entry (``summary["ensemble"]``). ``gap`` (and hit_at_one, perr, map) is the
+    bundle's own GAP from its stored weights on the selection part of the validation set
+    (``validation_videos`` videos), ``holdout_gap`` on the holdout part (``holdout_videos``; NaN
+    without one), ``selection_gap`` the selection's sparse estimate. ``best_single``: the best
+    candidate on the selection part scored as shipped (a one-member bundle at the storage dtype):
+    ``{trial_id, gap, holdout_gap}``; ``shipped_best_single``: the ensemble scored below it, so the
+    bundle is that model alone. The fields after ``budget_flops`` have defaults: a summary from before
+    them still reads."""
 
     members: list[str]
     weights: list[int]
@@ -308,6 +317,18 @@ class EnsembleSummary:
     flops: int = 0  # the distinct members' forward FLOPs per video together (models.flops)
     member_flops: list[int] = dataclasses.field(default_factory=list)
     budget_flops: int | None = None  # budget.ensemble_flops; None: no limit
+    holdout_gap: float = math.nan  # the bundle's GAP on the holdout part; NaN: no holdout
+    holdout_videos: int = 0
+    holdout_fraction: float = 0.0  # data.holdout_fraction the parts were split by
+    method: str = ""  # "greedy" (one run) or "bagged"; empty in a summary from before bagging
+    bags: int = 0
+    resamples: int = 0  # paired-bootstrap resamples of the selection videos behind each step's noise test
+    noise_z: float = math.nan  # a step is kept when its gain exceeds noise_z bootstrap sds
+    noise_sd: float = math.nan  # the median bootstrap sd of the gains tested
+    min_gain: float = math.nan  # the median threshold (noise_z * sd) they were tested against
+    noise_tests: int = 0
+    noise_rejections: int = 0  # steps refused as noise (each ends its greedy run)
+    shipped_best_single: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,6 +351,9 @@ class RunSummary:
     best: BestTrial | None
     pareto: list[str]
     ensemble: EnsembleSummary | EnsembleFailure | None = None
+    # the class-prior ranking's GAP on each part of the validation videos (search.summary): what a
+    # model's GAP is worth; empty in a summary written before it was recorded
+    baselines: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def with_ensemble(self, ensemble: EnsembleSummary | EnsembleFailure | None) -> RunSummary:
         return dataclasses.replace(self, ensemble=ensemble)

@@ -14,6 +14,7 @@ functions that need them: ``--help`` and a space file's errors answer at once, w
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -215,9 +216,8 @@ def _sweep_and_report(spec: config.Spec, data: DataPaths, run_dir: str, resume: 
 
     rows = search.run_sweep(spec, data, run_dir, resume=resume)
     results.write_trials(rows, run_dir)
-    study, _ = search.write_study(spec, rows, run_dir)
     summary = search.summarize(spec, rows, run_dir, data)
-    return finish(run_dir, rows, summary, search.importances(study))
+    return finish(run_dir, rows, summary, search.importances(search.read_study(spec, run_dir)))
 
 
 def finish(run_dir: str, rows: Sequence[results.TrialRow], summary: results.RunSummary,
@@ -246,22 +246,36 @@ def _ensemble(run_dir: str) -> results.EnsembleSummary | results.EnsembleFailure
         return failure
 
 
+def _gaps(selection: float, holdout: float) -> str:
+    """A GAP on both parts of the validation videos, labelled: the selection part chose the models."""
+    return f"{selection:.4f} on selection, {holdout:.4f} on holdout"
+
+
 def print_summary(summary: results.RunSummary, run_dir: str, log: str | None = None) -> None:
     counts = ", ".join(f"{v} {k}" for k, v in summary.trials.items() if v)
     print(f"\ntrials: {counts}")
     best = summary.best
     if best:
-        print(f"best: trial {best.trial_id} {best.model} GAP {best.gap:.4f} after {best.epochs} "
-              f"epochs, {best.params:,} parameters, {best.size_bytes / 1e6:.2f} MB, {best.flops / 1e9:.3g} GFLOPs, "
-              f"{best.latency_ms:.3g} ms per video ({best.device or 'device unknown'})")
+        print(f"best: trial {best.trial_id} {best.model} GAP {_gaps(best.gap, best.holdout_gap)} after "
+              f"{best.epochs} epochs, {best.params:,} parameters, {best.size_bytes / 1e6:.2f} MB, "
+              f"{best.flops / 1e9:.3g} GFLOPs, {best.latency_ms:.3g} ms per video ({best.device or 'device unknown'})")
+    prior = summary.baselines
+    if prior:
+        gaps = _gaps(prior.get("class_prior_selection_gap", math.nan), prior.get("class_prior_holdout_gap", math.nan))
+        print(f"class-prior ranking (the baseline): GAP {gaps}")
     ens = summary.ensemble
     if isinstance(ens, results.EnsembleFailure):
         print(f"ensemble: failed: {ens.error}")
     elif isinstance(ens, results.EnsembleSummary) and ens.members:
         flops = f" of {ens.budget_flops / 1e9:.4g}" if ens.budget_flops else ""
-        print(f"ensemble: {len(ens.members)} members, GAP {ens.gap:.4f}, "
+        print(f"ensemble: {len(ens.members)} members, GAP {_gaps(ens.gap, ens.holdout_gap)}, "
               f"{ens.size_bytes / 1e6:.2f} MB of {ens.budget_bytes / 1e6:.2f} MB, {ens.flops / 1e9:.4g}{flops} "
               f"GFLOPs -> {ens.path}")
+        single = ens.best_single
+        if single.get("trial_id"):
+            shipped = " (shipped alone: the ensemble scored below it)" if ens.shipped_best_single else ""
+            print(f"best single model as shipped ({ens.storage_dtype}): trial {single['trial_id']} GAP "
+                  f"{_gaps(single.get('gap', math.nan), single.get('holdout_gap', math.nan))}{shipped}")
     print(f"run folder: {run_dir} (summary.json, trials.csv, report.html, optuna.journal)")
     if log:
         print(f"log: {log}")

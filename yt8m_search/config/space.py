@@ -80,7 +80,8 @@ def _shard_cache(raw: Any, check: Checker) -> ShardCache | None:
 
 
 def _data_spec(raw: Any, check: Checker) -> DataSpec:
-    section = check.mapping(raw, "data", ["train", "validation", "synthetic", "pca_eigenvals", "shard_cache"])
+    section = check.mapping(raw, "data", ["train", "validation", "synthetic", "pca_eigenvals", "shard_cache",
+                                              "holdout_fraction"])
     synthetic = None
     if section.get("synthetic") is not None:  # `data.synthetic=null` switches to the given paths
         synthetic = _synthetic_spec(section["synthetic"], check)
@@ -92,7 +93,17 @@ def _data_spec(raw: Any, check: Checker) -> DataSpec:
         check.errors.append("data: needs both train and validation Parquet paths, or a synthetic section")
     eigenvals = check.string(section, "pca_eigenvals", "data", None)
     return DataSpec(train=train, validation=validation, synthetic=synthetic, pca_eigenvals=eigenvals,
-                    shard_cache=_shard_cache(section.get("shard_cache"), check))
+                    shard_cache=_shard_cache(section.get("shard_cache"), check),
+                    holdout_fraction=_holdout_fraction(section.get("holdout_fraction", 0.2), check))
+
+
+def _holdout_fraction(raw: Any, check: Checker) -> float:
+    """``data.holdout_fraction``: in [0, 0.9]; 0 turns the holdout off (figures on it are then NaN)."""
+    value = number(raw)
+    if value is None or not 0.0 <= value <= 0.9:
+        check.errors.append(f"data.holdout_fraction: expected a number from 0 to 0.9, got {raw!r}")
+        return 0.2
+    return float(value)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> list[str]:
@@ -296,10 +307,19 @@ def _asha_spec(section: dict[str, Any], check: Checker, epochs: int) -> AshaSpec
     asha = AshaSpec(
         grace_period=check.integer(a, "grace_period", "search.asha", 1, 1),
         reduction_factor=check.integer(a, "reduction_factor", "search.asha", 2, 2),
+        noise_margin=_noise_margin(a.get("noise_margin", AshaSpec.noise_margin), check),
     )
     if asha.grace_period > epochs:
         check.errors.append(f"search.asha.grace_period: {asha.grace_period} exceeds trial.epochs {epochs}")
     return asha
+
+
+def _noise_margin(raw: Any, check: Checker) -> float:
+    value = number(raw)
+    if value is None or not 0 <= value <= 10:
+        check.errors.append(f"search.asha.noise_margin: expected a number of standard errors from 0 to 10, got {raw!r}")
+        return AshaSpec.noise_margin
+    return float(value)
 
 
 def _budget_spec(raw: Any, check: Checker) -> BudgetSpec:

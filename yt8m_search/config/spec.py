@@ -56,6 +56,10 @@ class DataSpec:
     needs; the trainer reads it once per trial and copies it into the models (models take values,
     never paths).
 
+    ``holdout_fraction``: the share of validation videos (``metrics.holdout``, by a hash of the id)
+    that chooses nothing: every choice (best epoch, TPE, ASHA, the ensemble) is made on the rest, the
+    selection part, and the holdout part reports figures those choices did not inflate.
+
     ``shard_cache``: off (None) unless the space file asks for it; then remote shards are read from
     S3 once per node into that local directory (see ``yt8m_search.data.cache``)."""
 
@@ -64,6 +68,7 @@ class DataSpec:
     synthetic: SyntheticSpec | None = None
     pca_eigenvals: str | None = None
     shard_cache: ShardCache | None = None
+    holdout_fraction: float = 0.2  # of the validation videos, by id hash: reported on, never chosen on
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,12 @@ class Parameter:
 
 @dataclass(frozen=True)
 class AshaSpec:
+    """Successive halving at epoch rungs (``search.rungs``): a trial stops only when its GAP is below
+    the rung's cutoff by more than ``noise_margin`` standard errors of a GAP difference."""
+
     grace_period: int = 1
     reduction_factor: int = 2
+    noise_margin: float = 2.0
 
 
 # the search's objectives: validation GAP (maximised), then the minimised costs a space may add

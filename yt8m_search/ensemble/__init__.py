@@ -1,15 +1,18 @@
 """Budgeted ensemble selection: the sweep's deliverable for the 2nd YouTube-8M challenge (1 GB).
 
 From a finished sweep (``RUN_DIR/trials.csv``), choose the multiset of trained trials whose weighted
-mean of sigmoid probabilities maximises validation GAP@20 subject to the stored size of the distinct
-members being at most the budget (10^9 bytes by default; members stored at the sweep's storage dtype,
-bfloat16 unless the space says float32), export it as one bundle file and re-score it.
+mean of sigmoid probabilities maximises GAP@20 on the selection part of the validation set subject to
+the stored size of the distinct members being at most the budget (10^9 bytes by default; members
+stored at the sweep's storage dtype, bfloat16 unless the space says float32), export it as one bundle
+file and re-score it on the selection and holdout parts, against the best single model as shipped.
 
 - ``candidates``: the trained trials and their saved top-k validation predictions, aligned by video;
 - ``scoring``: the fast GAP of a weighted sum of sparse top-k predictions;
-- ``selection``: greedy forward selection with replacement, then local search (``select``);
-- ``step``: the whole step (``run``): select, export (``yt8m_search.bundle``), re-score, record it
-  in summary.json;
+- ``bootstrap``: the paired bootstrap over videos that a selection step's gain must beat;
+- ``selection``: sorted initialisation, greedy forward selection with replacement, bagging
+  (``select``);
+- ``step``: the whole step (``run``): select, export (``yt8m_search.bundle``), re-score like for like,
+  record it in summary.json;
 - ``__main__``: ``python -m yt8m_search.ensemble RUN_DIR [--budget BYTES]``.
 
 No ray, optuna or wandb: the step runs on a finished sweep's files alone.
@@ -21,11 +24,12 @@ from yt8m_search.bundle import BUNDLE_NAME, FORMAT_VERSION, Bundle, load_bundle
 from yt8m_search.ensemble.candidates import Candidate, load_candidates
 from yt8m_search.ensemble.errors import BudgetError, BundleTooLargeError, EnsembleError
 from yt8m_search.ensemble.scoring import TOP_K, ensemble_gap
-from yt8m_search.ensemble.selection import DEFAULT_BUDGET, Selection, select
+from yt8m_search.ensemble.selection import DEFAULT_BAGS, DEFAULT_BUDGET, Selection, select
 from yt8m_search.ensemble.step import export_bundle, run
 
 __all__ = [
     "BUNDLE_NAME",
+    "DEFAULT_BAGS",
     "DEFAULT_BUDGET",
     "FORMAT_VERSION",
     "TOP_K",

@@ -1,6 +1,7 @@
 """``python -m yt8m_search.ensemble RUN_DIR [--budget BYTES] [--budget-flops FLOPS] ...``: re-run the ensemble step of a
 finished sweep (select, export ``RUN_DIR/ensemble.pt``, re-score, record it in summary.json) and print
-the members, the curve and the bundle's validation GAP.
+the members, the curve, the noise threshold, the best single model as shipped and the bundle's GAP on
+the selection part (which chose it) and on the holdout part (which chose nothing), each labelled.
 
 Exit status: 0 done, 1 the step failed (the message on the last line of stderr), 2 no such sweep.
 """
@@ -52,8 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="threads scoring moves (default: up to 4)")
-    parser.add_argument("--no-local-search", action="store_true")
     return parser
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.5f}"
 
 
 def _print(entry: results.EnsembleSummary) -> None:
@@ -61,12 +65,20 @@ def _print(entry: results.EnsembleSummary) -> None:
     for trial, model, weight, size, gap in zip(entry.members, entry.models, entry.weights, entry.member_bytes,
                                                entry.member_gaps):  # fmt: skip
         print(f"{trial:<24} {model:<18} {weight:>6} {size / 1e6:>10.2f} {gap if gap is not None else math.nan:>8.4f}")
-    print("curve (bytes, GAP): " + ", ".join(f"({s:,}, {g:.4f})" for s, g in entry.curve))
+    print("curve (bytes, selection GAP): " + ", ".join(f"({s:,}, {g:.4f})" for s, g in entry.curve))
+    print(f"selection: {entry.method}, {entry.bags} bag(s), a step kept when its gain exceeds {entry.noise_z:.4g} "
+          f"bootstrap sds ({entry.resamples} resamples): median sd {_figure(entry.noise_sd)}, threshold "
+          f"{_figure(entry.min_gain)}, {entry.noise_rejections} of {entry.noise_tests} steps refused as noise")
+    single = entry.best_single
+    print(f"best single model as shipped: trial {single.get('trial_id')}, selection GAP {_figure(single.get('gap'))}, "
+          f"holdout GAP {_figure(single.get('holdout_gap'))}")
     for note in entry.notes:
         print(f"note: {note}")
     flops_budget = f" (budget {entry.budget_flops:,})" if entry.budget_flops else ""
-    print(f"ensemble: {len(entry.members)} members, validation GAP {entry.gap:.5f} (selection "
-          f"{entry.selection_gap:.5f}), {entry.size_bytes:,} bytes of members, {entry.file_bytes:,} "
+    print(f"ensemble: {len(entry.members)} members, selection GAP {_figure(entry.gap)} "
+          f"({entry.validation_videos} videos; sparse estimate {_figure(entry.selection_gap)}), holdout GAP "
+          f"{_figure(entry.holdout_gap)} "
+          f"({entry.holdout_videos} videos), {entry.size_bytes:,} bytes of members, {entry.file_bytes:,} "
           f"bytes on disk, budget {entry.budget_bytes:,}; {entry.flops:,} FLOPs per video{flops_budget} "
           f"-> {entry.path}")
 
@@ -80,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         entry = run(args.run_dir, args.budget, budget_flops=args.budget_flops, output=args.output,
                     validation=args.validation, device=args.device, batch_size=args.batch_size,
-                    workers=args.workers, local_search=not args.no_local_search,
-                    progress=True, log=log)
+                    workers=args.workers, progress=True, log=log)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

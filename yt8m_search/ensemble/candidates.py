@@ -14,6 +14,7 @@ candidate carries a note saying so.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -28,7 +29,7 @@ from yt8m_search.constants import NUM_CLASSES
 from yt8m_search.data import fs
 from yt8m_search.ensemble.errors import EnsembleError
 
-__all__ = ["Candidate", "load_candidates", "storage_dtype_of"]
+__all__ = ["Candidate", "load_candidates", "restrict", "storage_dtype_of"]
 
 
 @dataclass(eq=False)
@@ -62,6 +63,18 @@ class Candidate:
             return int(models.resolve(self.model, **self.hparams).get("num_classes", NUM_CLASSES))
         except ValueError:
             return NUM_CLASSES
+
+
+def restrict(candidates: Sequence[Candidate], keep: np.ndarray) -> list[Candidate]:
+    """The aligned ``candidates`` on the videos where ``keep`` (bool ``[V]``) is True, still sharing
+    one ids array and one labels list (e.g. the selection part of the validation set)."""
+    if not candidates:
+        return []
+    first = candidates[0]
+    ids = first.video_ids[keep]
+    labels = [lab for lab, kept in zip(first.labels, keep) if kept]
+    return [dataclasses.replace(c, video_ids=ids, labels=labels, classes=c.classes[keep], scores=c.scores[keep])
+            for c in candidates]  # fmt: skip
 
 
 def storage_dtype_of(run_dir: str) -> str:

@@ -55,6 +55,21 @@ def _pooled_gap(scores: np.ndarray, labels: np.ndarray, k: int, total_positives:
     return float(np.sum(np.arange(1, positive.size + 1, dtype=np.float64) / ranks) / total_positives)
 
 
+def _ranked(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_pooled_gap``'s ranking with each entry's video: (rows, positive) ``[N]``, best first."""
+    width = scores.shape[1]
+    key = scores.view(np.uint32) << np.uint32(1)
+    key |= (~labels).view(np.uint8)
+    if width > k:
+        key = np.take_along_axis(key, np.argpartition(key, width - k, axis=1)[:, width - k:], axis=1)
+    rows = np.repeat(np.arange(key.shape[0], dtype=np.int64), key.shape[1])
+    key = key.reshape(-1)
+    order = np.argsort(key, kind="stable")
+    key, rows = key[order], rows[order]
+    start = int(np.searchsorted(key, np.uint32(2)))  # drop score 0
+    return rows[start:][::-1].copy(), ((key[start:] & np.uint32(1)) == 0)[::-1].copy()
+
+
 def _chunks(n: int, num_classes: int) -> Iterable[tuple[int, int]]:
     step = max(1, (1 << 22) // max(num_classes, 1))  # ~4M table cells per chunk
     for lo in range(0, n, step):
@@ -100,11 +115,29 @@ class Scorer:
         self.ranks = [c.classes.shape[1] for c in candidates]
         self.width_extra = max(self.ranks)
         self._index(candidates)
+        self._start(workers)
+
+    def _start(self, workers: int) -> None:
         self.workers = max(1, workers)
         self._local = threading.local()
         self._pool = cf.ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self.evaluations = 0
+        self.members: tuple[int, ...] | None = None
         self.layout(())
+
+    def resampled(self, rows: np.ndarray) -> Scorer:
+        """This scorer on the videos ``rows`` (repeats allowed: a bootstrap resample), from its index
+        (no candidate is read again). Close it after use."""
+        new = object.__new__(Scorer)
+        new.num_videos, new.num_classes, new.k = len(rows), self.num_classes, self.k
+        new.scores = [s.reshape(self.num_videos, -1)[rows].reshape(-1) for s in self.scores]
+        new.ranks, new.width_extra, new.global_width = self.ranks, self.width_extra, self.global_width
+        new.gslots = [g[rows] for g in self.gslots]
+        new.hits = [h[rows] for h in self.hits]
+        new.video_positives = self.video_positives[rows]
+        new.total_positives = float(new.video_positives.sum())
+        new._start(self.workers)
+        return new
 
     def _index(self, candidates: Sequence[Candidate]) -> None:
         """Global slots: per video, every class any candidate ranked gets a column (``gslots[j]``
@@ -120,6 +153,7 @@ class Scorer:
         gslots = [np.empty(c.classes.shape, np.int32) for c in candidates]
         self.hits = [np.empty(c.classes.shape, bool) for c in candidates]
         width, total = 0, 0
+        self.video_positives = np.zeros(n, np.int64)
         for lo, hi in _chunks(n, num_classes):
             r = np.arange(hi - lo)[:, None]
             classes = [c.classes[lo:hi].astype(np.int64) for c in candidates]
@@ -129,6 +163,7 @@ class Scorer:
             truth = np.zeros((hi - lo, num_classes), bool)
             truth[np.repeat(np.arange(hi - lo), lengths[lo:hi]), values[starts[lo]:starts[hi]]] = True
             total += int(np.count_nonzero(truth))
+            self.video_positives[lo:hi] = np.count_nonzero(truth, axis=1)
             for j, cls in enumerate(classes):
                 gslots[j][lo:hi] = table[r, cls]
                 self.hits[j][lo:hi] = truth[r, cls]
@@ -142,7 +177,7 @@ class Scorer:
         """Slots for ``members``: per video the union of their classes (numbered in member order),
         then one extra column per rank of a candidate's classes outside that union."""
         members = sorted(set(members))
-        if tuple(members) == getattr(self, "members", None):
+        if tuple(members) == self.members:
             return
         n = self.num_videos
         index = np.int16 if self.global_width < 2**15 else np.int32
@@ -194,6 +229,11 @@ class Scorer:
             scores.reshape(-1)[flat] += np.float32(w) * self.scores[j]
             labels.reshape(-1)[flat] = self.hits[j].reshape(-1)
         return _pooled_gap(scores, labels, self.k, self.total_positives)
+
+    def ranked(self, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The video and positivity ``[N]`` of the pooled top-k entries of ``base`` (composed on the
+        current layout), best first, ranked as ``gap`` ranks them (for ``bootstrap``)."""
+        return _ranked(base, self.base_labels, self.k)
 
     def gaps(self, jobs: Sequence[tuple[np.ndarray, Sequence[tuple[int, float]]]]) -> list[float]:
         """``gap(base, adds)`` for every job, on the thread pool."""

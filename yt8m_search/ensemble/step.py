@@ -1,12 +1,18 @@
 """The ensemble step on a finished sweep: select, export the bundle, re-score it, record it.
 
 The budgets (bytes, and FLOPs per video when the sweep set ``budget.ensemble_flops``), the storage
-dtype and the validation data come from the sweep's ``summary.json`` (``results.RunSummary``) unless
-given. The bundle file adds a little to its members' bytes (the
-container, names); when that tips it over the budget the selection runs again under the budget less
-that overhead. The bundle is then scored densely on the validation data from its stored weights:
-that GAP is the step's ``gap``, the selection's sparse estimate its ``selection_gap``. The entry
-(``results.EnsembleSummary``) is returned and stored as summary.json's ``ensemble``.
+dtype, the validation data and its holdout fraction come from the sweep's ``summary.json``
+(``results.RunSummary``) unless given. The selection sees only the selection part of the validation
+videos (``metrics.holdout``). The bundle file adds a little to its members' bytes (the container,
+names); when that tips it over the budget the selection runs again under the budget less that
+overhead.
+
+Like for like: the bundle and the best single candidate as shipped (a one-member bundle, its weights
+at the storage dtype) are scored densely in one pass over the validation data, each video counted
+in its part. The bundle's selection-part GAP is the step's ``gap``, its holdout GAP ``holdout_gap``,
+the selection's sparse estimate ``selection_gap``. When the bundle scores below the best single on
+the selection part, the best single alone is exported at the same path instead (with a note). The
+entry (``results.EnsembleSummary``) is returned and stored as summary.json's ``ensemble``.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class _Settings:
     dtype: str
     validation: str
     budget_flops: int | None = None  # the distinct members' FLOPs per video together; None: no limit
+    holdout_fraction: float = 0.0
 
 
 def _settings(run_dir: str, budget: int | None, validation: str | None, budget_flops: int | None = None) -> _Settings:
@@ -96,18 +103,19 @@ def _settings(run_dir: str, budget: int | None, validation: str | None, budget_f
         data_files(validation)
     except FileNotFoundError as err:
         raise EnsembleError(f"cannot re-score the bundle: {err}") from err
-    return _Settings(budget, summary.budget.storage_dtype or "bfloat16", validation, budget_flops)
+    return _Settings(budget, summary.budget.storage_dtype or "bfloat16", validation, budget_flops,
+                     float(summary.data.holdout_fraction))
 
 
 def _select_and_export(candidates: list[Candidate], settings: _Settings, path: str, *, workers: int | None,
-                       local_search: bool, say: Log) -> tuple[Selection, int]:
+                       say: Log) -> tuple[Selection, int]:
     """Select under the budget and export; when the file's own overhead tips it over, select again
     under the budget less that overhead (three tries)."""
     budget, limit = settings.budget, settings.budget
     for attempt in range(3):
         try:
-            selection = select(candidates, limit, budget_flops=settings.budget_flops, workers=workers,
-                               local_search=local_search, log=say)
+            selection = select(candidates, limit, budget_flops=settings.budget_flops,
+                               holdout_fraction=settings.holdout_fraction, workers=workers, log=say)
         except BudgetError as err:
             if limit == budget:
                 raise
@@ -128,40 +136,36 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def _entry(selection: Selection, metrics: dict[str, Any], settings: _Settings, *, path: str, file_bytes: int,
-           candidates: int, notes: list[str], seconds: float) -> results.EnsembleSummary:
+def _nan(value: float) -> float:
+    """Non-finite as ``math.nan`` itself: it reads back from JSON null as that object, so a round trip
+    compares equal."""
+    return float(value) if math.isfinite(float(value)) else math.nan
+
+
+def _entry(selection: Selection, parts: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]],
+           settings: _Settings, *, path: str, file_bytes: int, candidates: int, notes: list[str], seconds: float,
+           shipped_single: bool) -> results.EnsembleSummary:
+    metrics, holdout = parts["selection"], parts["holdout"]
     return results.EnsembleSummary(
-        members=[c.trial_id for c in selection.members],
-        weights=list(selection.weights),
-        models=[c.model for c in selection.members],
-        member_gaps=[_json_number(c.gap) for c in selection.members],
+        members=[c.trial_id for c in selection.members], weights=list(selection.weights),
+        models=[c.model for c in selection.members], member_gaps=[_json_number(c.gap) for c in selection.members],
         member_bytes=[c.size_bytes for c in selection.members],
-        gap=metrics["gap"],
-        selection_gap=selection.gap,
-        best_single={"trial_id": selection.best_single[0], "gap": selection.best_single[1]},
-        hit_at_one=metrics["hit_at_one"],
-        perr=metrics["perr"],
-        map=_json_number(metrics["map"]),
-        validation_videos=metrics["videos"],
-        size_bytes=selection.size_bytes,
-        file_bytes=file_bytes,
-        budget_bytes=settings.budget,
-        storage_dtype=settings.dtype,
-        path=path,
-        format_version=bundle.FORMAT_VERSION,
-        strategy=selection.strategy,
-        curve=[[int(s), float(g)] for s, g in selection.curve],
-        steps=selection.steps,
-        local_moves=selection.local_moves,
-        candidates=candidates,
-        evaluations=selection.evaluations,
-        selection_seconds=round(selection.seconds, 3),
-        seconds=round(seconds, 3),
-        notes=notes,
-        flops=selection.flops,
-        member_flops=[c.flops for c in selection.members],
-        budget_flops=settings.budget_flops,
-    )
+        gap=_nan(metrics["gap"]), selection_gap=selection.gap,
+        best_single={"trial_id": selection.best_single[0], "gap": _json_number(single["selection"]["gap"]),
+                     "holdout_gap": _json_number(single["holdout"]["gap"])},
+        hit_at_one=_nan(metrics["hit_at_one"]), perr=_nan(metrics["perr"]), map=_json_number(metrics["map"]),
+        validation_videos=metrics["videos"], size_bytes=selection.size_bytes, file_bytes=file_bytes,
+        budget_bytes=settings.budget, storage_dtype=settings.dtype, path=path, format_version=bundle.FORMAT_VERSION,
+        strategy=selection.strategy, curve=[[int(s), float(g)] for s, g in selection.curve], steps=selection.steps,
+        local_moves=[], candidates=candidates, evaluations=selection.evaluations,
+        selection_seconds=round(selection.seconds, 3), seconds=round(seconds, 3), notes=notes,
+        flops=selection.flops, member_flops=[c.flops for c in selection.members], budget_flops=settings.budget_flops,
+        holdout_gap=_nan(holdout["gap"]), holdout_videos=holdout["videos"],
+        holdout_fraction=settings.holdout_fraction, method=selection.method, bags=selection.bags,
+        resamples=selection.resamples, noise_z=_nan(selection.noise_z), noise_sd=_nan(selection.noise_sd),
+        min_gain=_nan(selection.min_gain), noise_tests=selection.noise_tests,
+        noise_rejections=selection.noise_rejections, shipped_best_single=shipped_single,
+    )  # fmt: skip
 
 
 def run(
@@ -174,23 +178,22 @@ def run(
     device: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
-    local_search: bool = True,
     progress: bool = False,
     log: Log | None = None,
 ) -> results.EnsembleSummary:
     """Select, export and re-score the ensemble of a finished sweep; record it in summary.json.
 
     ``budget`` (bytes) and ``budget_flops`` (FLOPs per video) default to the sweep's budgets.
-    Returns the entry stored as ``summary["ensemble"]``: members, weights, models, gap (the bundle's
-    validation GAP, from its stored weights), selection_gap, hit_at_one, perr, map, size_bytes,
-    file_bytes, budget_bytes, storage_dtype, path, curve, notes, flops, budget_flops, ...
+    Returns the entry stored as ``summary["ensemble"]``: members, weights, models, gap and holdout_gap
+    (the bundle's GAP on the selection and holdout parts, from its stored weights), selection_gap,
+    best_single (as shipped), hit_at_one, perr, map, size_bytes, file_bytes, budget_bytes,
+    storage_dtype, path, curve, notes, flops, budget_flops, the noise figures, ...
     """
     say = log or (lambda _: None)
     started = time.perf_counter()
     with _as_ensemble_errors():
         return _run(run_dir, budget, started, say, output=output, validation=validation, device=device,
-                    batch_size=batch_size, workers=workers, local_search=local_search, progress=progress,
-                    budget_flops=budget_flops)
+                    batch_size=batch_size, workers=workers, progress=progress, budget_flops=budget_flops)
 
 
 @contextlib.contextmanager
@@ -206,27 +209,45 @@ def _as_ensemble_errors() -> Iterator[None]:
 
 
 def _run(run_dir: str, budget: int | None, started: float, say: Log, *, output: str | None, validation: str | None,
-         device: str | None, batch_size: int | None, workers: int | None, local_search: bool,
-         progress: bool, budget_flops: int | None = None) -> results.EnsembleSummary:
+         device: str | None, batch_size: int | None, workers: int | None, progress: bool,
+         budget_flops: int | None = None) -> results.EnsembleSummary:
     settings = _settings(run_dir, budget, validation, budget_flops)
     candidates = load_candidates(run_dir, storage_dtype=settings.dtype)
     path = output or fs.join(run_dir, bundle.BUNDLE_NAME)
-    selection, file_bytes = _select_and_export(candidates, settings, path, workers=workers,
-                                               local_search=local_search, say=say)
+    selection, file_bytes = _select_and_export(candidates, settings, path, workers=workers, say=say)
     say(f"bundle: {path}, {file_bytes:,} bytes on disk (budget {settings.budget:,})")
-
     device = bundle.resolve_device(device)
-    loaded = bundle.load_bundle(path, device)
-    batches = iter_batches(settings.validation, batch_size=batch_size or DEFAULT_BATCH_SIZE,
-                           num_classes=loaded.num_classes, progress=progress, desc="re-score",
-                           dequantize=torch.device(device).type == "cpu")
-    metrics = bundle.evaluate_bundle(loaded, batches)
-    expected = len(candidates[0].video_ids)
+    parts, single = _score_like_for_like(selection, settings, path, device, batch_size, progress)
     notes = [n for c in selection.members for n in c.notes]
-    if metrics["videos"] != expected:
-        notes.append(f"the validation data holds {metrics['videos']} videos, the trials' predictions {expected}")
-    entry = _entry(selection, metrics, settings, path=path, file_bytes=file_bytes, candidates=len(candidates),
-                   notes=notes, seconds=time.perf_counter() - started)
+    shipped_single = parts["selection"]["gap"] < single["selection"]["gap"]
+    if shipped_single:
+        notes.append(f"the ensemble scored {parts['selection']['gap']:.6f} on the selection part, below the best "
+                     f"single model as shipped, trial {selection.best_single[0]} ({single['selection']['gap']:.6f}): "
+                     "that model alone is the bundle")
+        selection = selection.as_best_single()
+        file_bytes = export_bundle(selection, path, settings.dtype, budget_bytes=settings.budget)
+        parts = single
+    expected = len(candidates[0].video_ids)
+    scored = parts["selection"]["videos"] + parts["holdout"]["videos"]
+    if scored != expected:
+        notes.append(f"the validation data holds {scored} videos, the trials' predictions {expected}")
+    entry = _entry(selection, parts, single, settings, path=path, file_bytes=file_bytes, candidates=len(candidates),
+                   notes=notes, seconds=time.perf_counter() - started, shipped_single=shipped_single)
     # re-read: keep whatever else was written meanwhile
     results.write_summary(results.read_summary(run_dir).with_ensemble(entry), run_dir)
     return entry
+
+
+def _score_like_for_like(selection: Selection, settings: _Settings, path: str, device: str, batch_size: int | None,
+                         progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The exported bundle's and the best single model's (as shipped: a one-member bundle at the
+    storage dtype) metrics per part, in one pass over the validation data."""
+    loaded = bundle.load_bundle(path, device)
+    bundles = [loaded]
+    if selection.single is not None and not (len(selection.members) == 1 and selection.members[0] is selection.single):
+        bundles.append(bundle.build_bundle([_member(selection.single, 1, settings.dtype)], settings.dtype, device))
+    batches = iter_batches(settings.validation, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                           num_classes=loaded.num_classes, progress=progress, desc="re-score",
+                           dequantize=torch.device(device).type == "cpu")
+    scored = bundle.evaluate_parts(bundles, batches, holdout_fraction=settings.holdout_fraction)
+    return scored[0], scored[-1]

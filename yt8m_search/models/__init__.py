@@ -5,8 +5,15 @@ NeXtVLAD's reverse whitening is a flag, and its eigenvalues are read by the call
 (``load_eigenvals``) and copied into a built model (``set_eigenvalues``).
 """
 
-from yt8m_search.models import gru, mix_nextvlad, netvlad, nextvlad, nonlocal_netvlad  # noqa: F401  (registration)
-from yt8m_search.models.layers import Count, module_count
+from yt8m_search.models import (  # noqa: F401  (registration)
+    frame_logistic,
+    gru,
+    mix_nextvlad,
+    netvlad,
+    nextvlad,
+    nonlocal_netvlad,
+)
+from yt8m_search.models.layers import Count, folded_statistics, module_count
 from yt8m_search.models.registry import (
     STORAGE_DTYPES,
     MixtureOutput,
@@ -41,6 +48,7 @@ __all__ = [
     "hyperparameters",
     "list_models",
     "load_eigenvals",
+    "folded_statistics",
     "module_count",
     "param_count",
     "recipe_defaults",

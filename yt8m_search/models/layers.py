@@ -17,6 +17,7 @@ counts them (2 per multiply-accumulate of a matmul; element-wise work is free), 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -97,9 +98,58 @@ def xavier_dense(in_features: int, out_features: int, bias: bool = True) -> nn.L
     return layer
 
 
+class DebiasedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose evaluation uses bias-corrected running statistics.
+
+    The running averages start at mean 0, variance 1 and move by ``momentum`` per training batch, so
+    after t batches the start still weighs ``(1 - momentum)^t``: with slim's decay of 0.999 that is
+    95% after 50 batches and 37% after 1,000. Evaluated on those, a model trained for a few hundred
+    steps (every short trial of a sweep, and ASHA's early rungs) predicts from statistics that are
+    mostly the initial ones, and its GAP says nothing about what it learned. Dividing the start's
+    share out (as Adam corrects its moments, and as slim's ``zero_debias_moving_mean`` does for the
+    mean) gives the average of the batches seen. After 20,000 batches the start weighs 2e-9: the
+    papers' long runs evaluate as the originals did. Training is unchanged.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        # momentum None is PyTorch's cumulative average: it holds no trace of the start
+        if self.training or self.momentum is None or self.running_mean is None or self.running_var is None \
+                or not self.num_batches_tracked:
+            return super().forward(x)
+        start = (1.0 - float(self.momentum)) ** int(self.num_batches_tracked)  # the initial statistics' share
+        mean = self.running_mean / (1.0 - start)
+        var = ((self.running_var - start) / (1.0 - start)).clamp(min=0.0)
+        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def folded_statistics(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` (a state dict of ``model``'s structure) with every ``DebiasedBatchNorm1d``'s bias
+    correction folded into its running statistics, and its batch count 0, so that they evaluate the
+    same in any BatchNorm1d, here and wherever the weights go.
+
+    What a trial ships (``best/``, the bundle) is folded: stored in bf16, raw statistics lose the
+    correction's precision (the corrected variance of a short run is the small difference of two
+    numbers near 1, and bf16 keeps 3 significant digits), while folded ones keep their own."""
+    out = dict(state)
+    for name, module in model.named_modules():
+        if not isinstance(module, DebiasedBatchNorm1d) or module.momentum is None:
+            continue
+        prefix = f"{name}." if name else ""
+        count = int(out[f"{prefix}num_batches_tracked"])
+        if count == 0:
+            continue
+        start = (1.0 - float(module.momentum)) ** count
+        mean, var = out[f"{prefix}running_mean"], out[f"{prefix}running_var"]
+        out[f"{prefix}running_mean"] = mean / (1.0 - start)
+        out[f"{prefix}running_var"] = ((var - start) / (1.0 - start)).clamp(min=0.0)
+        out[f"{prefix}num_batches_tracked"] = torch.zeros_like(out[f"{prefix}num_batches_tracked"])
+    return out
+
+
 def batch_norm(num_features: int) -> nn.BatchNorm1d:
-    """slim.batch_norm defaults (decay 0.999, epsilon 1e-3) in PyTorch's momentum convention."""
-    return nn.BatchNorm1d(num_features, eps=1e-3, momentum=1e-3)
+    """slim.batch_norm defaults (decay 0.999, epsilon 1e-3) in PyTorch's momentum convention, with
+    bias-corrected running statistics at evaluation (``DebiasedBatchNorm1d``)."""
+    return DebiasedBatchNorm1d(num_features, eps=1e-3, momentum=1e-3)
 
 
 def batch_norm_params(num_features: int) -> Count:
@@ -124,12 +174,31 @@ def masked_batch_norm(bn: nn.BatchNorm1d, x: Tensor, mask: Tensor | None) -> Ten
 # Classifier heads: hidden [B, H] -> logits [B, C]
 
 
+LABELS_PER_VIDEO = 3.0  # YouTube-8M's average: 3,862 classes, about 3 labels per video
+
+
+def prior_logit(num_classes: int) -> float:
+    """The log-odds of an average class's label rate, ``LABELS_PER_VIDEO / num_classes``.
+
+    The heads' output biases start here, not at 0 as in the TF originals (Lin et al. 2017 start
+    theirs at a rare class's prior the same way). At 0 every class starts at p = 0.5 and Adam,
+    which moves each bias by about the learning rate per step whatever its gradient, pulls all
+    3,862 biases down in lockstep for the first hundreds of steps: until then the ranking of the
+    classes is the random weights', and a short trial's GAP is near 0 (a random ranking's). Starting
+    at the average rate, the first steps learn which classes a video has. Over the papers'
+    100k-step runs the start is forgotten."""
+    rate = min(0.5, LABELS_PER_VIDEO / max(num_classes, 1))
+    return math.log(rate / (1.0 - rate))
+
+
 class LogisticHead(nn.Module):
-    """The starter's LogisticModel: one affine layer, L2-regularised (weight and bias)."""
+    """The starter's LogisticModel: one affine layer, L2-regularised (weight and bias); its bias
+    starts at ``prior_logit``."""
 
     def __init__(self, hidden_size: int, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.fc = dense(hidden_size, num_classes)
+        nn.init.constant_(self.fc.bias, prior_logit(num_classes))
 
     def forward(self, h: Tensor) -> Tensor:
         return self.fc(h)  # [B, C]
@@ -144,7 +213,7 @@ class MoeHead(nn.Module):
     p = sum_m gate_m * sigmoid(expert_m). With ``prob_gating`` the "gated MoE" of the first-challenge
     winner multiplies p by sigmoid(BN(p @ W)), a learned class-to-class gate. Gate and expert weights
     are Glorot uniform (``xavier_dense``): neither the starter's nor WILLOW's MoeModel passes an
-    initializer to slim.fully_connected.
+    initializer to slim.fully_connected. The experts' biases start at ``prior_logit``.
     """
 
     def __init__(
@@ -157,6 +226,7 @@ class MoeHead(nn.Module):
         self.num_mixtures = num_mixtures
         self.gates = xavier_dense(hidden_size, num_classes * (num_mixtures + 1), bias=False)
         self.experts = xavier_dense(hidden_size, num_classes * num_mixtures)
+        nn.init.constant_(self.experts.bias, prior_logit(num_classes))  # see prior_logit
         self.prob_gating = prob_gating
         if prob_gating:
             self.gate_fc = dense(num_classes, num_classes, bias=False)

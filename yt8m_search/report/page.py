@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from yt8m_search.data import fs
 from yt8m_search.report.plots import (
@@ -91,6 +92,11 @@ class _Ensemble:
     flops: int | None = None  # the members' forward FLOPs per video together
     budget_flops: int | None = None
     error: str = ""  # the failed step's cause; empty when it ran
+    holdout_gap: float | None = None
+    best_single: Mapping[str, Any] | None = None  # {trial_id, gap, holdout_gap}, as shipped
+    shipped_best_single: bool = False
+    noise: str = ""  # how the selection told gains from noise, in words
+    steps: Sequence[str] = ()  # what each point of the curve is
 
     @classmethod
     def of(cls, ens: EnsembleSummary | EnsembleFailure | None) -> _Ensemble | None:
@@ -98,8 +104,13 @@ class _Ensemble:
             return None
         if isinstance(ens, EnsembleFailure):
             return cls([], [], None, None, None, None, "", [], error=ens.error or "unknown error")
+        noise = (f"{ens.method}, {ens.bags} bag(s); a step kept when its gain beat {fmt(ens.noise_z, '.3g')} "
+                 f"paired-bootstrap sds (median sd {fmt(ens.noise_sd, '.2g')}, {ens.noise_rejections} of "
+                 f"{ens.noise_tests} steps refused as noise)") if ens.method else ""  # fmt: skip
         return cls([str(m) for m in ens.members], list(ens.weights), ens.gap, ens.selection_gap, ens.size_bytes,
-                   ens.budget_bytes, ens.path, list(ens.curve), ens.flops, ens.budget_flops)  # fmt: skip
+                   ens.budget_bytes, ens.path, list(ens.curve), ens.flops, ens.budget_flops,
+                   holdout_gap=ens.holdout_gap, best_single=ens.best_single,
+                   shipped_best_single=ens.shipped_best_single, noise=noise, steps=list(ens.steps))  # fmt: skip
 
     def member_weights(self) -> dict[str, int]:
         """Each member's weight (1 when the summary has none for it)."""
@@ -132,6 +143,7 @@ def _trial_cells(rank: int, r: TrialRow, notes: list[str]) -> list[str]:
         f"<td>{esc(r.model)}</td>",
         f'<td class="config">{config}</td>',
         f'<td class="num">{fmt(r.gap) if trained else "–"}</td>',
+        f'<td class="num">{fmt(r.holdout_gap) if trained else "–"}</td>',
         f'<td class="num">{fmt(r.hit_at_one) if trained else "–"}</td>',
         f'<td class="num">{fmt_int(r.epochs) if trained else "–"}</td>',
         f'<td class="num">{fmt_int(r.params)}</td>',
@@ -144,10 +156,12 @@ def _trial_cells(rank: int, r: TrialRow, notes: list[str]) -> list[str]:
 
 
 def trials_table(rows: Sequence[TrialRow], front: set[str], best_id: str | None, members: Mapping[str, int]) -> str:
-    """Every trial, best GAP first, untrained trials last; each row carries ``data-trial``. Beside the
+    """Every trial, best GAP first, untrained trials last; each row carries ``data-trial``. GAP is the
+    best epoch's on the selection videos (which chose it), beside the same epoch's on the holdout. Beside the
     size: the analytic GFLOPs per 300-frame video and the measured latency, ms per video at the
     evaluation batch size (hover it for the device)."""
-    head = ["#", "trial", "state", "model", "configuration", "GAP", "hit@1", "epochs", "params", "size MB",
+    head = ["#", "trial", "state", "model", "configuration", "GAP (selection)", "GAP (holdout)", "hit@1", "epochs",
+            "params", "size MB",
             "GFLOPs", "ms / video", "notes", "reason"]  # fmt: skip
     out = ['<table class="trials">', "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
            "<tbody>"]  # fmt: skip
@@ -216,7 +230,8 @@ def _best_facts(best: BestTrial | None) -> list[tuple[str, str]]:
         return [("best trial", "none trained yet")]
     facts = [("best trial", (
         f"<b>{esc(best.trial_id)}</b> · {esc(best.model)} · GAP "
-        f"<b>{esc(fmt(best.gap))}</b> · {esc(fmt_int(best.epochs))} epochs · "
+        f"{esc(fmt(best.gap))} on selection, <b>{esc(fmt(best.holdout_gap))}</b> on holdout · "
+        f"{esc(fmt_int(best.epochs))} epochs · "
         f"{esc(fmt_int(best.params))} params · {esc(fmt_mb(best.size_bytes))} MB · "
         f"{esc(fmt_gflops(best.flops))} GFLOPs · {esc(fmt(best.latency_ms, '.3g'))} ms per video"
         + (f" ({esc(best.device)})" if best.device else "")
@@ -249,14 +264,34 @@ def _facts(summary: RunSummary, rows: Sequence[TrialRow], ens: _Ensemble | None)
         if size(flops):
             facts.append((label, esc(f"{fmt_gflops(flops)} GFLOPs per video")))
     facts += _best_facts(summary.best)
+    prior = summary.baselines
+    if prior:
+        facts.append(("class-prior ranking (baseline)", (
+            f"GAP {esc(fmt(prior.get('class_prior_selection_gap')))} on selection, "
+            f"<b>{esc(fmt(prior.get('class_prior_holdout_gap')))}</b> on holdout: every video ranked by the "
+            "classes' training frequencies")))  # fmt: skip
     if ens and ens.error:
         facts.append(("ensemble", f'<b class="failed">failed</b>: {esc(ens.error)}'))
     elif ens:
-        facts.append(("ensemble", (
-            f"{len(ens.members)} member(s) · GAP <b>{esc(fmt(ens.gap))}</b>"
-            f" (selection {esc(fmt(ens.selection_gap))}) · {esc(fmt_mb(ens.size_bytes))} MB · "
-            f"{esc(fmt_gflops(ens.flops))} GFLOPs"
-        )))  # fmt: skip
+        facts += _ensemble_facts(ens)
+    return facts
+
+
+def _ensemble_facts(ens: _Ensemble) -> list[tuple[str, str]]:
+    """The shipped bundle's GAP on both parts, beside the best single model's as shipped."""
+    facts = [("ensemble", (
+        f"{len(ens.members)} member(s) · GAP {esc(fmt(ens.gap))} on selection, <b>{esc(fmt(ens.holdout_gap))}</b> "
+        f"on holdout (the selection's own estimate {esc(fmt(ens.selection_gap))}) · "
+        f"{esc(fmt_mb(ens.size_bytes))} MB · {esc(fmt_gflops(ens.flops))} GFLOPs"
+        + (" · <b>the best single model alone</b>: the ensemble scored below it" if ens.shipped_best_single else "")
+    ))]  # fmt: skip
+    single = ens.best_single or {}
+    if single.get("trial_id"):
+        facts.append(("best single model, as shipped", (
+            f"{esc(single['trial_id'])} · GAP {esc(fmt(single.get('gap')))} on selection, "
+            f"<b>{esc(fmt(single.get('holdout_gap')))}</b> on holdout (its stored weights)")))  # fmt: skip
+    if ens.noise:
+        facts.append(("ensemble selection", esc(ens.noise)))
     return facts
 
 
@@ -282,7 +317,8 @@ def _plot_sections(rows: Sequence[TrialRow], summary: RunSummary, importances: M
     return [
         "<h2>Optimisation history</h2>",
         f'<section class="plot-box">{history_plot(rows)}'
-        '<p class="caption">GAP is each trial\'s best validation GAP; stopped trials were cut short by ASHA '
+        '<p class="caption">GAP is each trial\'s best GAP on the selection videos; stopped trials were cut short '
+        'by ASHA '
         "(fewer epochs). Infeasible, failed and pending trials have no GAP.</p></section>",
         *_cost_sections(rows, summary),
         "<h2>Parameter importance</h2>",
@@ -299,10 +335,11 @@ def _ensemble_section(ens: _Ensemble, summary: RunSummary, rows: Sequence[TrialR
             "<code>python -m yt8m_search.ensemble RUN_DIR</code> (it updates summary.json, not this page).</p>",
         ]
     budget_bytes = size(ens.budget_bytes) or size(summary.budget.ensemble_bytes)
-    best_gap = num(summary.best.gap) if summary.best else None
+    shipped = num((ens.best_single or {}).get("gap"))  # like for like: its stored weights, the same videos
+    best_gap = shipped if shipped is not None else num(summary.best.gap) if summary.best else None
     return [
         "<h2>Ensemble</h2>",
-        f'<section class="plot-box">{ensemble_plot(ens.curve, budget_bytes, best_gap)}'
+        f'<section class="plot-box">{ensemble_plot(ens.curve, budget_bytes, best_gap, ens.steps)}'
         + (f'<p class="caption">bundle: <code>{esc(ens.path)}</code></p>' if ens.path else "")
         + "</section>",
         f'<div class="table-wrap">{members_table(ens, {r.trial_id: r for r in rows})}</div>',

@@ -134,7 +134,7 @@ def history_plot(rows: Sequence[TrialRow]) -> str:
     n = len(rows)
     trained = [(i + 1, g, r) for i, r in enumerate(rows) if (g := gap_of(r)) is not None]
     plot = Plot(
-        "Optimisation history", "trial (creation order)", "validation GAP",
+        "Optimisation history", "trial (creation order)", "GAP (selection videos)",
         (0.5, max(n, 1) + 0.5), domain([g for _, g, _ in trained]), xinteger=True,
     )  # fmt: skip
     if not trained:
@@ -182,7 +182,7 @@ def cost_plot(rows: Sequence[TrialRow], axis: CostAxis, budget: float | None) ->
     unknown = sum(1 for r in rows if gap_of(r) is not None and axis.value(r) is None)
     limit = budget / axis.scale if budget else None
     xs = [x for x, _, _ in pts] + [x for x, _ in infeasible] + ([limit] if limit else [])
-    plot = Plot(axis.title, axis.label, "validation GAP", domain(xs, log=True), domain([g for _, g, _ in pts]),
+    plot = Plot(axis.title, axis.label, "GAP (selection videos)", domain(xs, log=True), domain([g for _, g, _ in pts]),
                 xlog=True)  # fmt: skip
     if not pts:
         plot.note(f"no trained trials with known {axis.unit}")
@@ -248,9 +248,14 @@ def importance_plot(importances: Mapping[str, float]) -> str:
     return "\n".join(parts)
 
 
-def ensemble_plot(curve: Sequence[Sequence[float]], budget_bytes: float | None, best_gap: float | None) -> str:
-    """The ensemble's GAP after each added member against its stored size, with its budget and the
-    best single model for reference."""
+def _step_name(steps: Sequence[str], i: int) -> str:
+    return f" ({esc(steps[i])})" if i < len(steps) else ""
+
+
+def ensemble_plot(curve: Sequence[Sequence[float]], budget_bytes: float | None, best_gap: float | None,
+                  steps: Sequence[str] = ()) -> str:  # fmt: skip
+    """The selection's GAP after each of its steps (``steps`` names them: a member added, a bag, the
+    pruning) against the stored size, with its budget and the best single model for reference."""
     points = []
     for item in curve:
         s, g = (num(item[0]), num(item[1])) if len(item) >= 2 else (None, None)
@@ -260,7 +265,7 @@ def ensemble_plot(curve: Sequence[Sequence[float]], budget_bytes: float | None, 
     xs = [0.0] + [x for x, _ in points] + ([budget_mb] if budget_mb else [])
     ys = [g for _, g in points] + ([best_gap] if best_gap is not None else [])
     lo, hi = domain(xs)
-    plot = Plot("Ensemble: GAP as members are added", "ensemble stored size (MB)", "validation GAP",
+    plot = Plot("Ensemble selection, step by step", "ensemble stored size (MB)", "GAP (selection videos)",
                 (0.0 if hi > 0 else lo, hi), domain(ys))  # fmt: skip
     if budget_mb:
         plot.vline(budget_mb, COLORS["budget"], f"ensemble budget {budget_mb:.3g} MB", "budget")
@@ -276,7 +281,8 @@ def ensemble_plot(curve: Sequence[Sequence[float]], budget_bytes: float | None, 
         for i, (x, g) in enumerate(points):
             plot.add(
                 f'<circle cx="{plot.x(x):.1f}" cy="{plot.y(g):.1f}" r="4" fill="{COLORS["ensemble"]}" '
-                f'data-step="{i + 1}"><title>step {i + 1}: GAP {g:.4f}, {x:.3g} MB</title></circle>'
+                f'data-step="{i + 1}"><title>step {i + 1}{_step_name(steps, i)}: GAP {g:.4f}, {x:.3g} MB</title>'
+                "</circle>"
             )
-        plot.key("dot", COLORS["ensemble"], "ensemble after each added member")
+        plot.key("dot", COLORS["ensemble"], "ensemble after each step")
     return plot.render("ensemble")

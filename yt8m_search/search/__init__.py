@@ -9,7 +9,8 @@ returns the trials table (``results.TrialRow``, in creation order).
 - ``trial``: one trial (``SweepContext``, ``run_trial``, ``trial_resources``);
 - ``tuner``: the Tuner and the trials table (``run_sweep``, ``max_concurrent_trials``);
 - ``live``: trial states and the live status line;
-- ``study``: ``optuna.journal`` and the parameter importances;
+- ``study``: the live study's ``optuna.journal`` (where it is, its sync to s3://) and the
+  parameter importances;
 - ``summary``: the run summary.
 
 Everything a sweep writes lives under its run folder: ``tune/`` (Ray Tune's experiment, W&B
@@ -23,6 +24,7 @@ from __future__ import annotations
 from yt8m_search.search.live import LiveView, trial_state
 from yt8m_search.search.space import (
     EXTRA_KEYS,
+    GAP_BY_EPOCH,
     NUMBER,
     OBJECTIVE_METRICS,
     FidelityAwareOptunaSearch,
@@ -33,25 +35,30 @@ from yt8m_search.search.space import (
     model_of,
     sample,
 )
-from yt8m_search.search.study import importances, write_study
+from yt8m_search.search.study import JournalSync, importances, journal_path, prepare_journal, read_study
 from yt8m_search.search.summary import summarize
 from yt8m_search.search.trial import SweepContext, run_trial, trial_resources, trial_seed
 from yt8m_search.search.tuner import max_concurrent_trials, run_sweep, trial_row, trial_rows
 
 __all__ = [
     "EXTRA_KEYS",
+    "GAP_BY_EPOCH",
     "NUMBER",
     "OBJECTIVE_METRICS",
     "FidelityAwareOptunaSearch",
     "InfeasibleConfig",
+    "JournalSync",
     "LiveView",
     "SearchSpace",
     "SweepContext",
     "importances",
+    "journal_path",
     "make_sampler",
     "make_searcher",
     "max_concurrent_trials",
     "model_of",
+    "prepare_journal",
+    "read_study",
     "run_sweep",
     "run_trial",
     "trial_resources",
@@ -61,5 +68,4 @@ __all__ = [
     "trial_rows",
     "trial_seed",
     "trial_state",
-    "write_study",
 ]

@@ -1,19 +1,25 @@
 """The search space and the searcher: Optuna (TPE, seeded, define-by-run) behind Ray Tune.
 
 ``SearchSpace`` samples a configuration, computes its analytic stored size and forward FLOPs and
-tells Optuna (``trial.set_constraint``, Optuna's standard constraints) whether it fits the per-model
+tells Optuna (Optuna's standard constraints, see ``set_constraints``) whether it fits the per-model
 budgets (bytes, FLOPs). The searcher never hands Tune an infeasible configuration: it ends that
 Optuna trial at once (PRUNED, its constraints > 0: TPE ranks it below every feasible trial), records
 it in ``FidelityAwareOptunaSearch.infeasible`` and asks again. So an infeasible configuration costs
 no Tune trial (no ``num_samples`` slot, no W&B run) and ASHA never sees it. ``make_sampler`` is the
 one place the sweep's sampler is built: the searcher and ``run --dry-run`` both use it.
+
+The searcher's study is the sweep's live study (``study.py``: ``optuna.journal``): each trial
+carries its per-epoch GAP, its constraints and the user attributes ``trial_id`` (Tune's; for a
+rejected draw ``infeasible-<number>``, as in ``trials.csv``), ``model``, ``size_bytes``, ``flops``
+and ``state`` (``results.TrialState``: complete / stopped / error / infeasible).
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +29,9 @@ from ray.tune.search.optuna import OptunaSearch
 from yt8m_search import compat, models
 from yt8m_search.config import Parameter, Spec
 from yt8m_search.data import fs
+from yt8m_search.results import TrialState
+from yt8m_search.search.live import trial_state
+from yt8m_search.search.study import journal_storage
 
 # each objective of ``search.objectives``: the trial's reported metric and its direction
 OBJECTIVE_METRICS = {"gap": ("gap_best", "max"), "size": ("size_bytes", "min"), "flops": ("flops", "min")}
@@ -32,6 +41,8 @@ OBJECTIVE_METRICS = {"gap": ("gap_best", "max"), "size": ("size_bytes", "min"), 
 # searcher's study, whose numbering goes on).
 NUMBER = "number"
 EXTRA_KEYS = ("size_bytes", "flops", "feasible", "infeasible_reason", NUMBER)
+# the user attribute that holds a multi-objective trial's per-epoch GAP ({"<epoch>": gap})
+GAP_BY_EPOCH = "gap_by_epoch"
 # consecutive infeasible draws after which the searcher gives up (the budget leaves too little room)
 MAX_INFEASIBLE_DRAWS = 1000
 
@@ -53,6 +64,23 @@ def sample(trial: optuna.Trial, parameters: Sequence[Parameter]) -> dict[str, An
         if p.active(values):
             values[p.name] = _suggest(trial, p) if p.distribution else p.value
     return values
+
+
+def set_constraints(trial: optuna.Trial, constraints: dict[str, float]) -> None:
+    """Optuna's standard constraints (feasible iff all <= 0), in both of the forms Optuna reads: each by
+    name (``trial.set_constraint``: system attrs ``constraints:<name>``, what Optuna 5's samplers
+    use) and, in the same order, the list in system attr ``constraints`` (the older form, which
+    ``constraints_func`` writes and optuna-dashboard 0.21 reads to show a trial's feasibility)."""
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
+    trial.storage.set_trial_system_attr(_storage_id(trial), "constraints", [float(v) for v in constraints.values()])
+
+
+def _storage_id(trial: optuna.Trial) -> int:
+    """The storage's id of ``trial`` (through the storage's public interface: ``Trial`` keeps it private)."""
+    storage = trial.storage
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(trial.study.study_name),
+                                                           trial.number)  # fmt: skip
 
 
 def model_of(values: dict[str, Any], parameters: Sequence[Parameter]) -> tuple[str, dict[str, Any]]:
@@ -92,9 +120,12 @@ class SearchSpace:
         if size >= 0 and self.max_flops is not None and flops > self.max_flops:
             reasons.append(f"{flops:,} FLOPs per video > budget {self.max_flops:,} FLOPs")
         # feasible iff <= 0; an invalid model counts as far over budget
-        trial.set_constraint("size_over_budget", (size - (self.max_model_bytes or size)) if size >= 0 else 1e18)
+        constraints = {"size_over_budget": (size - (self.max_model_bytes or size)) if size >= 0 else 1e18}
         if self.max_flops is not None:
-            trial.set_constraint("flops_over_budget", flops - self.max_flops if flops >= 0 else 1e18)
+            constraints["flops_over_budget"] = flops - self.max_flops if flops >= 0 else 1e18
+        set_constraints(trial, constraints)
+        for key, value in (("model", family), ("size_bytes", size), ("flops", flops)):
+            trial.set_user_attr(key, value)
         fixed = {p.name: values[p.name] for p in self.parameters if p.distribution is None and p.name in values}
         return {**fixed, "size_bytes": size, "flops": flops, "feasible": not reasons,
                 "infeasible_reason": "; ".join(reasons), NUMBER: trial.number}  # fmt: skip
@@ -114,23 +145,42 @@ class InfeasibleConfig:
 
 
 class FidelityAwareOptunaSearch(OptunaSearch):
-    """Optuna behind Tune, with two changes. ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE
+    """Optuna behind Tune, with these changes. ASHA-stopped trials reach Optuna as PRUNED, not COMPLETE
     with truncated metrics, so a partially trained trial never lands on the Pareto front nor poses as
-    a finished one. And ``suggest`` only ever returns feasible configurations: an infeasible draw is
+    a finished one. ``suggest`` only ever returns feasible configurations: an infeasible draw is
     told to Optuna (PRUNED, with the constraints ``SearchSpace`` set) and kept in ``infeasible``, a
-    plain attribute, so Tune's searcher checkpoint (``save`` pickles ``__dict__``) keeps it."""
+    plain attribute, so Tune's searcher checkpoint (``save`` pickles ``__dict__``) keeps it. Each
+    epoch's GAP reaches the study at step = epoch (``on_trial_result``), and every trial carries the
+    user attributes the module docstring lists.
+
+    With a ``JournalStorage`` (``make_searcher(spec, journal)``) the study is written as the sweep
+    runs. The storage pickles with the searcher (Optuna's ``JournalStorage`` keeps only its file and
+    replays it when next used), so a searcher Tune restores goes on appending to the same file, with
+    trial numbers that continue. ``before_save`` (picklable: it is saved with the searcher) runs
+    before each searcher checkpoint: ``JournalSync.flush`` for a remote run folder."""
 
     def __init__(self, *args: Any, max_epochs: int, budget: str = "the per-model budget",
-                 max_draws: int = MAX_INFEASIBLE_DRAWS, **kwargs: Any) -> None:  # fmt: skip
+                 max_draws: int = MAX_INFEASIBLE_DRAWS, metric_names: Sequence[str] | None = None,
+                 before_save: Callable[[], None] | None = None, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.max_epochs, self.budget, self.max_draws = max_epochs, budget, max_draws
+        self.before_save = before_save
         self.infeasible: list[InfeasibleConfig] = []
+        study = compat.optuna_study(self)
+        if metric_names and study is not None and study.metric_names is None:  # a continued study has them
+            study.set_metric_names(list(metric_names))
 
     def suggest(self, trial_id: str) -> dict | None:
         for _ in range(self.max_draws):
             config = super().suggest(trial_id)
-            if config is None or config.get("feasible", True):
+            if config is None:
                 return config
+            trial = compat.optuna_trial(self, trial_id)
+            if config.get("feasible", True):
+                trial.set_user_attr("trial_id", trial_id)
+                return config
+            trial.set_user_attr("trial_id", f"infeasible-{config[NUMBER]}")
+            trial.set_user_attr("state", TrialState.INFEASIBLE.value)
             compat.reject_optuna_trial(self, trial_id)
             self.infeasible.append(InfeasibleConfig(
                 number=config[NUMBER], config=config, size_bytes=config["size_bytes"], flops=config["flops"],
@@ -138,11 +188,64 @@ class FidelityAwareOptunaSearch(OptunaSearch):
         raise RuntimeError(f"{self.max_draws} configurations in a row were over {self.budget} (the last: "
                            f"{self.infeasible[-1].reason}); raise the budget or narrow the space")  # fmt: skip
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """The epoch's GAP (``gap``) as the trial's intermediate value at step = ``epoch``: its learning
+        curve, as optuna-dashboard plots it. Ray's own reports the searcher's metric (``gap_best``,
+        the best so far) at Tune's iteration count, which restarts after a resume. A multi-objective
+        study takes no intermediate values (Optuna refuses ``trial.report`` there): its trials keep
+        the per-epoch GAP in the user attribute ``gap_by_epoch`` ({"<epoch>": gap}) instead."""
+        trial = self._live_trial(trial_id)
+        gap, epoch = result.get("gap"), result.get("epoch")
+        if trial is None or gap is None or epoch is None or not math.isfinite(gap):
+            return
+        if isinstance(self.metric, list):
+            trial.set_user_attr(GAP_BY_EPOCH, {**trial.user_attrs.get(GAP_BY_EPOCH, {}), str(int(epoch)): float(gap)})
+        else:
+            trial.report(float(gap), int(epoch))
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self._live_trial(trial_id)
+        if trial is None:
+            return
+        state = trial_state("ERROR" if error else "TERMINATED", result, error, self.max_epochs)
+        trial.set_user_attr("state", state.value)  # before the tell: a finished Optuna trial takes no attribute
         stopped = result and not error and result.get("epoch", 0) < self.max_epochs
         if stopped and compat.tell_optuna_pruned(self, trial_id):
             return
         super().on_trial_complete(trial_id, result, error)
+
+    def _live_trial(self, trial_id: str) -> optuna.Trial | None:
+        """The Optuna trial of Tune trial ``trial_id`` while it can still be written to; None once told.
+        Told by this searcher, or, in a resumed sweep, by the sweep before it after the searcher
+        checkpoint Tune restored: the journal is ahead of that checkpoint, Tune runs the trial again
+        from its last epoch checkpoint, and the first tell stands."""
+        trial = compat.optuna_trial(self, trial_id)
+        if trial is not None and trial.storage.get_trial(_storage_id(trial)).state.is_finished():
+            compat.mark_optuna_told(self, trial_id)
+            return None
+        return trial
+
+    def save(self, checkpoint_path: str) -> None:
+        if self.before_save is not None:
+            self.before_save()
+        super().save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_orphans()
+
+    def _fail_orphans(self) -> None:
+        """Tell FAIL the study's running trials that no restored Tune trial holds: asked after the
+        searcher checkpoint Tune restored (the sweep died before the next one), so nothing will ever
+        tell them. Without this the journal shows them running for ever, and TPE's constant liar
+        keeps counting them as pending."""
+        study = compat.optuna_study(self)
+        if study is None:
+            return
+        held = compat.optuna_trial_numbers(self)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.number not in held:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
     @classmethod
     def saved_infeasible(cls, experiment_dir: str) -> list[InfeasibleConfig]:
@@ -183,7 +286,10 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     )
 
 
-def make_searcher(spec: Spec) -> FidelityAwareOptunaSearch:
+def make_searcher(spec: Spec, journal: str | None = None,
+                  before_save: Callable[[], None] | None = None) -> FidelityAwareOptunaSearch:  # fmt: skip
+    """The sweep's searcher; its study is written to the journal file ``journal`` as trials progress
+    (see ``study.py``), or kept in memory without one. ``before_save``: see the searcher."""
     metrics = [OBJECTIVE_METRICS[o] for o in spec.search.objectives]
     return FidelityAwareOptunaSearch(
         space=SearchSpace.of(spec),
@@ -191,8 +297,11 @@ def make_searcher(spec: Spec) -> FidelityAwareOptunaSearch:
         mode=[d for _, d in metrics] if spec.multi_objective else metrics[0][1],
         sampler=make_sampler(spec),
         study_name=spec.name,
+        storage=journal_storage(journal) if journal else None,
+        metric_names=["gap", *(m for m, _ in metrics[1:])],
         max_epochs=spec.trial.epochs,
         budget=budget_text(spec),
+        before_save=before_save,
     )
 
 

@@ -1,95 +1,134 @@
-"""The finished sweep as an Optuna study: ``optuna.journal`` for ``optuna-dashboard``, and the
-parameter importances the report plots."""
+"""The sweep's live Optuna study: ``optuna.journal``, and the parameter importances the report plots.
+
+The searcher's study lives in a ``JournalStorage``: every ask, per-epoch report and tell is appended
+to the journal as the sweep runs, so ``optuna-dashboard RUN/optuna.journal`` shows the sweep while it
+runs, after it ends and after a crash. For a local run folder the searcher writes
+``RUN/optuna.journal`` itself. Object stores cannot append, so for an ``s3://`` run folder the
+searcher writes a local copy (``journal_path``) and ``JournalSync`` uploads it in one piece as trials
+report (at most every ``SYNC_SECONDS``) and when the sweep ends; ``--resume`` starts from the run
+folder's copy. This module is the one place that knows where the journal is.
+"""
 
 from __future__ import annotations
 
-import math
+import hashlib
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Sequence
+from typing import Any
 
 import optuna
-from optuna.storages import InMemoryStorage, JournalStorage
+from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from ray import tune
 
-from yt8m_search.config import Parameter, Spec
+from yt8m_search.config import Spec
 from yt8m_search.data import fs
-from yt8m_search.results import COSTS, TrialRow, TrialState
+from yt8m_search.results import TrialState
 
 JOURNAL_FILE = "optuna.journal"
-_OPTUNA_STATES = {
-    TrialState.COMPLETE: optuna.trial.TrialState.COMPLETE,
-    TrialState.STOPPED: optuna.trial.TrialState.PRUNED,
-    TrialState.INFEASIBLE: optuna.trial.TrialState.COMPLETE,
-}
+# the least time between two uploads of an s3:// run's journal (each one is the whole file)
+SYNC_SECONDS = 5.0
 
 
-def _distribution(p: Parameter) -> optuna.distributions.BaseDistribution:
-    d = p.distribution
-    assert d is not None
-    if d.kind == "choice":
-        return optuna.distributions.CategoricalDistribution(list(d.choices))
-    if d.kind == "int":
-        return optuna.distributions.IntDistribution(int(d.low), int(d.high), log=d.log, step=int(d.step or 1))  # type: ignore[arg-type]
-    return optuna.distributions.FloatDistribution(float(d.low), float(d.high), log=d.log, step=d.step)  # type: ignore[arg-type]
+def journal_path(spec: Spec, run_dir: str) -> str:
+    """The local file the searcher's journal is written to: ``RUN/optuna.journal`` for a local run
+    folder; for a remote one, a local file named after the run folder (the same path in every
+    process of the sweep: a resumed searcher, unpickled by Tune, reopens the path it was made with)."""
+    if fs.is_local(run_dir):
+        return os.path.join(run_dir, JOURNAL_FILE)
+    key = hashlib.sha1(run_dir.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "yt8m_search", f"{spec.name}-{key}", JOURNAL_FILE)
 
 
-def _constraints(spec: Spec, row: TrialRow) -> dict[str, float]:
-    """The per-model budgets' constraints (feasible iff <= 0), as ``SearchSpace`` set them; an
-    infeasible trial violates at least one."""
-    budget, found = spec.budget, {}
-    budgets = (("size", row.size_bytes, budget.max_model_bytes), ("flops", row.flops, budget.max_flops))
-    for name, used, limit in budgets:
-        if name == "size" or limit is not None:
-            found[f"constraints:{name}_over_budget"] = float(used - limit) if limit and used > 0 else 0.0
-    if row.state is TrialState.INFEASIBLE and max(found.values()) <= 0:
-        found["constraints:size_over_budget"] = 1.0
-    return found
+def journal_storage(path: str) -> JournalStorage:
+    """A journal storage on the local file ``path`` (created with its folder when missing)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return JournalStorage(JournalFileBackend(path))
 
 
-def _frozen_trial(spec: Spec, row: TrialRow) -> optuna.trial.FrozenTrial:
-    """A row as an Optuna trial: searched parameters with their distributions, values of fully
-    trained (and infeasible: GAP 0) trials, PRUNED for stopped ones, the budgets' constraints."""
-    params, dists = {}, {}
-    for p in spec.parameters:
-        value = row.config.get(p.name)
-        if p.distribution is None or value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        params[p.name], dists[p.name] = value, _distribution(p)
-    state = _OPTUNA_STATES.get(row.state, optuna.trial.TrialState.FAIL)
-    values = None
-    if state == optuna.trial.TrialState.COMPLETE:
-        gap = 0.0 if row.state is TrialState.INFEASIBLE else float(row.gap)
-        values = [gap, *(float(getattr(row, COSTS[o])) for o in spec.search.objectives[1:])]
-    return optuna.trial.create_trial(
-        params=params, distributions=dists, values=values, state=state,
-        user_attrs={"trial_id": row.trial_id, "state": row.state.value, "model": row.model, "flops": row.flops,
-                    "latency_ms": row.latency_ms if math.isfinite(row.latency_ms) else None},
-        system_attrs=_constraints(spec, row),
-    )  # fmt: skip
+def prepare_journal(spec: Spec, run_dir: str, resume: bool) -> str:
+    """The local journal file, ready for the sweep's searcher. A new sweep starts without one: a file
+    already there belongs to something else (``run`` refuses a folder that holds a sweep unless
+    ``--resume``). A resumed sweep of a remote run folder goes on from the run folder's copy, unless
+    this machine's own copy is as long: a journal only grows, and the local one may hold the last
+    seconds that had not been uploaded when the sweep died."""
+    path = journal_path(spec, run_dir)
+    if not resume:
+        if os.path.exists(path):
+            os.remove(path)
+        return path
+    remote = fs.join(run_dir, JOURNAL_FILE)
+    if fs.is_local(run_dir) or not fs.exists(remote):
+        return path
+    if not os.path.exists(path) or os.path.getsize(path) < fs.file_size(remote):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = f"{path}.download"
+        with open(partial, "wb") as f:
+            f.write(fs.read_bytes(remote))
+        os.replace(partial, path)  # the searcher never reads half a journal
+    return path
 
 
-def write_study(spec: Spec, rows: Sequence[TrialRow], run_dir: str) -> tuple[optuna.Study, str]:
-    """The sweep as an Optuna study in a journal file that ``optuna-dashboard`` opens.
+def upload_journal(local: str, run_dir: str) -> None:
+    """Copy the local journal into a remote run folder, in one piece (nothing to do for a local one)."""
+    if fs.is_local(run_dir) or not os.path.exists(local):
+        return
+    with open(local, "rb") as src:
+        data = src.read()
+    with fs.atomic_output(fs.join(run_dir, JOURNAL_FILE)) as f:
+        f.write(data)
 
-    Rebuilt from the trials table (so it is identical after ``--resume``), in creation order: the
-    study's trial numbers are the rows' numbers. Built in memory, copied into a journal in a temp
-    folder, and that file written to the run folder in one piece (which may be on S3)."""
-    directions = ["maximize"] + ["minimize"] * (len(spec.search.objectives) - 1)
-    memory = InMemoryStorage()
-    study = optuna.create_study(study_name=spec.name, directions=directions, storage=memory)
-    study.set_metric_names(["gap", *(COSTS[o] for o in spec.search.objectives[1:])])
-    for row in sorted(rows, key=lambda r: r.number):
-        study.add_trial(_frozen_trial(spec, row))
-    path = fs.join(run_dir, JOURNAL_FILE)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, JOURNAL_FILE)
-        optuna.copy_study(from_study_name=spec.name, from_storage=memory,
-                          to_storage=JournalStorage(JournalFileBackend(local)))  # fmt: skip
-        with fs.atomic_output(path) as f, open(local, "rb") as src:
-            f.write(src.read())
-    return study, path
+
+class JournalSync(tune.Callback):
+    """Keeps a remote run folder's ``optuna.journal`` up to date while the sweep runs: after a trial
+    reports or ends (at most every ``interval`` seconds; a change left over goes up at the next step
+    of Tune's loop once the interval has passed) and always when the sweep ends. Tune stores this
+    callback with the sweep, so a resumed sweep syncs the same files. The searcher calls ``flush``
+    before each of its checkpoints, so the remote journal never lags the searcher state a resumed
+    sweep restores (on a new head node, with no local copy)."""
+
+    def __init__(self, local: str, run_dir: str, interval: float = SYNC_SECONDS) -> None:
+        self.local, self.run_dir, self.interval = local, run_dir, interval
+        self.setup()
+
+    def setup(self, **info: Any) -> None:
+        self.synced_at, self.pending = -float("inf"), False
+
+    def sync(self, force: bool = False) -> None:
+        """Upload the journal when it changed and the interval has passed (or ``force``)."""
+        now = time.monotonic()
+        if force or (self.pending and now - self.synced_at >= self.interval):
+            upload_journal(self.local, self.run_dir)
+            self.synced_at, self.pending = now, False
+
+    def flush(self) -> None:
+        """Upload the journal now."""
+        self.sync(force=True)
+
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+        self.pending = True
+        self.sync()
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.pending = True
+        self.sync()
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self.sync()
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.sync(force=True)
+
+
+def read_study(spec: Spec, run_dir: str) -> optuna.Study:
+    """The sweep's study, read from its journal (the local copy of a remote run folder's, fetched
+    when missing)."""
+    path = journal_path(spec, run_dir)
+    if not os.path.exists(path):
+        prepare_journal(spec, run_dir, resume=True)
+    return optuna.load_study(study_name=spec.name, storage=journal_storage(path))
 
 
 def importances(study: optuna.Study) -> dict[str, float]:

@@ -52,6 +52,7 @@ class SweepContext:
             storage_dtype=self.spec.budget.storage_dtype,
             seed=trial_seed(self.spec.search.seed, values.get(NUMBER)),
             pca_eigenvals=self.spec.data.pca_eigenvals,
+            holdout_fraction=self.spec.data.holdout_fraction,
         )
 
 

@@ -2,7 +2,8 @@
 
 ``run_sweep`` builds (or restores) the Tuner, runs it and returns one ``results.TrialRow`` per trial
 in creation order: the Tune trials and the infeasible configurations the searcher rejected (never
-Tune trials; read back from its last checkpoint), merged by their Optuna number.
+Tune trials; read back from its last checkpoint), merged by their Optuna number. The searcher's
+study is the live ``optuna.journal`` (``study.py``), synced to a remote run folder as it grows.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from yt8m_search import tracking
 from yt8m_search.config import Spec
@@ -21,7 +21,16 @@ from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths
 from yt8m_search.results import TRAINED_STATES, TrialRow, TrialState
 from yt8m_search.search.live import LiveView, trial_state
-from yt8m_search.search.space import NUMBER, FidelityAwareOptunaSearch, InfeasibleConfig, make_searcher, model_of
+from yt8m_search.search.rungs import SignalHalving
+from yt8m_search.search.space import (
+    NUMBER,
+    OBJECTIVE_METRICS,
+    FidelityAwareOptunaSearch,
+    InfeasibleConfig,
+    make_searcher,
+    model_of,
+)
+from yt8m_search.search.study import JournalSync, prepare_journal, upload_journal
 from yt8m_search.search.trial import SweepContext, run_trial, trial_resources, trial_seed
 
 
@@ -50,9 +59,12 @@ def reuse_actors(spec: Spec) -> bool:
     return spec.trial.num_workers == 1
 
 
-def _callbacks(spec: Spec, run_dir: str) -> list[Any]:
-    """The live view, and W&B tracking (one group per sweep) unless disabled."""
+def _callbacks(spec: Spec, run_dir: str, sync: JournalSync | None) -> list[Any]:
+    """The live view, the journal's sync to a remote run folder, and W&B tracking (one group per
+    sweep) unless disabled."""
     callbacks: list[Any] = [LiveView(spec.trial.epochs)]
+    if sync is not None:
+        callbacks.append(sync)
     name = fs.basename(run_dir)
     group = spec.name if name == spec.name else f"{spec.name}-{name}"
     wandb = tracking.wandb_callback(spec.wandb.project, spec.wandb.entity, spec.wandb.mode, group)
@@ -61,17 +73,26 @@ def _callbacks(spec: Spec, run_dir: str) -> list[Any]:
     return callbacks
 
 
-def _new_tuner(spec: Spec, trainable: Any, run_dir: str) -> tune.Tuner:
-    scheduler = None
-    if spec.search.asha is not None:
-        scheduler = ASHAScheduler(
-            time_attr="epoch", metric="gap", mode="max", max_t=spec.trial.epochs,
-            grace_period=spec.search.asha.grace_period, reduction_factor=spec.search.asha.reduction_factor,
-        )  # fmt: skip
+def make_scheduler(spec: Spec) -> SignalHalving | None:
+    """The space's successive halving (``search.asha``; None: every trial runs all its epochs), its
+    cost strata the space's cost objectives."""
+    asha = spec.search.asha
+    if asha is None:
+        return None
+    return SignalHalving(
+        max_epochs=spec.trial.epochs, grace_period=asha.grace_period, reduction_factor=asha.reduction_factor,
+        noise_margin=asha.noise_margin, costs=[OBJECTIVE_METRICS[o][0] for o in spec.search.objectives[1:]],
+    )  # fmt: skip
+
+
+def _new_tuner(spec: Spec, trainable: Any, run_dir: str, journal: str) -> tune.Tuner:
+    scheduler = make_scheduler(spec)
+    sync = None if fs.is_local(run_dir) else JournalSync(journal, run_dir)
+    searcher = make_searcher(spec, journal, sync.flush if sync else None)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),  # metric/mode only there: a TuneConfig metric would
+            search_alg=searcher,  # metric/mode only there: a TuneConfig metric would
             scheduler=scheduler,  # silently collapse a multi-objective study
             num_samples=spec.search.num_samples,
             max_concurrent_trials=max_concurrent_trials(spec),
@@ -81,7 +102,7 @@ def _new_tuner(spec: Spec, trainable: Any, run_dir: str) -> tune.Tuner:
             name="tune",
             storage_path=run_dir,
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
-            callbacks=_callbacks(spec, run_dir),
+            callbacks=_callbacks(spec, run_dir, sync),
             verbose=0,
         ),
     )
@@ -92,11 +113,13 @@ def run_sweep(spec: Spec, data: DataPaths, run_dir: str, *, resume: bool = False
     context = SweepContext(spec=spec, data=data, run_dir=run_dir)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec.trial))
     experiment = fs.join(run_dir, "tune")
+    journal = prepare_journal(spec, run_dir, resume)  # before a restored searcher reopens it
     if resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = _new_tuner(spec, trainable, run_dir)
+        tuner = _new_tuner(spec, trainable, run_dir, journal)
     results = tuner.fit()
+    upload_journal(journal, run_dir)  # the last tells, whatever the callbacks last saw
     infeasible = FidelityAwareOptunaSearch.saved_infeasible(experiment)
     return trial_rows(spec, [(r.config or {}, r.metrics or {}, r.error) for r in results], infeasible)
 
@@ -169,4 +192,5 @@ def trial_row(spec: Spec, number: int, config: dict[str, Any], metrics: dict[str
         latency_ms=_float(metrics.get("latency_ms")),
         device=str(metrics.get("device", "")),
         seed=trial_seed(spec.search.seed, config.get(NUMBER)),
+        holdout_gap=_float(metrics.get("holdout_gap_best")) if trained else nan,
     )

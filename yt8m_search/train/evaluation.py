@@ -2,7 +2,13 @@
 
 Each worker scores a disjoint set of validation files; the metric states and top-k predictions are
 gathered to rank 0, which computes the exact global GAP (not an average of per-worker GAPs) and
-keeps the predictions (``artifacts.Predictions``) for the trial's ``best/`` folder. The averaging
+keeps the predictions (``artifacts.Predictions``, of every validation video) for the trial's
+``best/`` folder.
+
+The metrics are those of the selection part of the validation videos (``metrics.holdout``): they
+choose the best epoch and are what the search optimises. The holdout part's GAP is reported beside
+them as ``holdout_gap`` (NaN without a holdout), and chooses nothing. ``gap_se`` is the selection
+GAP's standard error over its videos (``metrics.noise``), which the search's rungs stop trials on. The averaging
 of the last epochs' weights (boliu61's) is evaluated the same way.
 
 The evaluation also measures the model's inference latency, ``latency_ms``: each batch's forward
@@ -35,6 +41,8 @@ from yt8m_search.data.batch import VideoBatch
 from yt8m_search.data.cache import ShardCache
 from yt8m_search.data.loading import iter_video_batches, read_videos
 from yt8m_search.metrics import MetricAccumulator
+from yt8m_search.metrics.holdout import holdout_mask
+from yt8m_search.metrics.noise import gap_standard_error
 from yt8m_search.train.collective import broadcast, gather
 from yt8m_search.train.recipe import autocast, cpu_state
 from yt8m_search.train.settings import TrainConfig
@@ -42,9 +50,11 @@ from yt8m_search.train.settings import TrainConfig
 
 @dataclass
 class Evaluation:
-    """One worker's evaluation of its validation files: metric state plus top-k predictions."""
+    """One worker's evaluation of its validation files: the metric states of the selection and the
+    holdout videos, plus top-k predictions of all of them."""
 
-    state: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]  # the selection part's
+    holdout_state: dict[str, np.ndarray]
     predictions: Predictions
     timings: list[tuple[float, int]] = field(default_factory=list)  # (seconds, videos) of each batch's forward
 
@@ -85,10 +95,12 @@ def evaluate(
     device: torch.device,
     top_k: int,
     num_classes: int = NUM_CLASSES,
+    holdout_fraction: float = 0.0,
 ) -> Evaluation:
-    """Score ``batches`` in eval mode; keep the metric accumulator's state and top-k predictions."""
+    """Score ``batches`` in eval mode; keep the metric states (selection and holdout videos apart)
+    and the top-k predictions of every video."""
     model.eval()
-    acc = MetricAccumulator(num_classes=num_classes)
+    acc, held = MetricAccumulator(num_classes=num_classes), MetricAccumulator(num_classes=num_classes)
     ids: list[str] = []
     classes, scores, labels = [], [], []
     timings: list[tuple[float, int]] = []
@@ -101,7 +113,7 @@ def evaluate(
             probs = torch.sigmoid(logits.float())  # scores in fp32: bf16 would create ties
             top = torch.topk(probs, k=min(top_k, probs.shape[1]), dim=1)
             probs_np, labels_np = probs.cpu().numpy(), batch.labels.cpu().numpy()
-            acc.update(probs_np, labels_np, loss=loss)
+            _update(acc, held, holdout_mask(batch.ids, holdout_fraction), probs_np, labels_np, loss)
             ids.extend(batch.ids)
             classes.append(top.indices.to(torch.int32).cpu().numpy())
             scores.append(top.values.cpu().numpy())
@@ -113,7 +125,17 @@ def evaluate(
         scores=np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
         labels=labels,
     )
-    return Evaluation(state=acc.state(), predictions=predictions, timings=timings)
+    return Evaluation(state=acc.state(), holdout_state=held.state(), predictions=predictions, timings=timings)
+
+
+def _update(selection: MetricAccumulator, holdout: MetricAccumulator, held: np.ndarray, probs: np.ndarray,
+            labels: np.ndarray, loss: float) -> None:
+    """Add a batch's videos to their part's accumulator (the batch's mean loss to each part's)."""
+    for acc, rows in ((selection, ~held), (holdout, held)):
+        if rows.all():
+            acc.update(probs, labels, loss=loss)
+        elif rows.any():
+            acc.update(probs[rows], labels[rows], loss=loss)
 
 
 def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
@@ -121,6 +143,7 @@ def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
     the latency measured over all of them."""
     evaluations = list(evaluations)
     merged = MetricAccumulator.from_states([e.state for e in evaluations])
+    held = MetricAccumulator.from_states([e.holdout_state for e in evaluations])
     result = merged.result()
     return {
         "gap": result["gap"],
@@ -129,6 +152,8 @@ def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
         "map": result["map"],
         "val_loss": result.get("loss", math.nan),
         "val_videos": merged.num_videos,
+        "holdout_gap": held.result()["gap"] if held.num_videos else math.nan,
+        "holdout_videos": held.num_videos,
         "latency_ms": latency_ms(t for e in evaluations for t in e.timings),
     }
 
@@ -150,12 +175,21 @@ def evaluate_globally(
             pad_to=cfg.pad_to,
             dequantize=device.type == "cpu",
         )
-    gathered = gather(evaluate(model, batches, device, cfg.prediction_top_k, cfg.num_classes))
+    gathered = gather(evaluate(model, batches, device, cfg.prediction_top_k, cfg.num_classes, cfg.holdout_fraction))
     metrics, predictions = None, None
     if gathered is not None:
         metrics = merged_metrics(gathered)
         predictions = Predictions.concat([e.predictions for e in gathered], cfg.prediction_top_k)
+        metrics["gap_se"] = selection_gap_se(predictions, cfg.holdout_fraction)
     return broadcast(metrics), predictions
+
+
+def selection_gap_se(predictions: Predictions, holdout_fraction: float) -> float:
+    """The standard error of the selection part's GAP (``metrics.noise``): how far apart two GAPs on
+    these videos must be to tell the models apart."""
+    chosen = np.flatnonzero(~holdout_mask(predictions.ids, holdout_fraction))
+    return gap_standard_error(predictions.classes[chosen], predictions.scores[chosen],
+                              [predictions.labels[i] for i in chosen], [predictions.ids[i] for i in chosen])
 
 
 def accumulate_average(averaged: dict[str, Any] | None, model: nn.Module) -> dict[str, Any]:
@@ -188,4 +222,4 @@ def evaluate_average(
 
 
 __all__ = ["Evaluation", "accumulate_average", "device_name", "evaluate", "evaluate_average", "evaluate_globally",
-           "latency_ms", "merged_metrics"]
+           "latency_ms", "merged_metrics", "selection_gap_se"]

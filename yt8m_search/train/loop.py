@@ -199,7 +199,7 @@ def evaluate_epoch(worker: Worker, epoch: int) -> dict[str, Any]:
     if cfg.average_last > 1 and epoch > cfg.epochs - cfg.average_last:
         progress.averaged = accumulate_average(progress.averaged, core)
     if metrics["gap"] > progress.best["gap"]:  # the same decision on every rank: metrics are broadcast
-        progress.best = {"gap": metrics["gap"], "epoch": epoch}
+        progress.best = {"gap": metrics["gap"], "epoch": epoch, "holdout_gap": metrics["holdout_gap"]}
         write_best(worker, epoch, cpu_state(core), metrics, predictions)
     if progress.averaged is None or epoch != cfg.epochs:
         return metrics
@@ -207,7 +207,8 @@ def evaluate_epoch(worker: Worker, epoch: int) -> dict[str, Any]:
     avg_metrics, avg_state, avg_predictions = evaluate_average(
         core, progress.averaged, worker.validation_files, cfg, worker.device, worker.cache)
     if avg_metrics["gap"] > progress.best["gap"]:  # the average is what the trial exports, when it scores higher
-        progress.best = {"gap": avg_metrics["gap"], "epoch": epoch, "averaged_epochs": count}
+        progress.best = {"gap": avg_metrics["gap"], "epoch": epoch, "averaged_epochs": count,
+                         "holdout_gap": avg_metrics["holdout_gap"]}
         write_best(worker, epoch, avg_state, avg_metrics, avg_predictions, averaged_epochs=count)
     return {**metrics, **{f"averaged_{k}": v for k, v in avg_metrics.items()}, "averaged_epochs": count}
 
@@ -228,7 +229,7 @@ def write_best(
         flops=worker.flops, latency_ms=latency if latency is not None and math.isfinite(latency) else None,
         device=device_name(worker.device),
     )  # fmt: skip
-    artifacts.write_best(worker.best_dir, state, meta, predictions)
+    artifacts.write_best(worker.best_dir, models.folded_statistics(worker.core, state), meta, predictions)
 
 
 def epoch_report(worker: Worker, epoch: int, trained: dict[str, float], evaluated: dict[str, Any]) -> dict[str, Any]:
@@ -250,6 +251,7 @@ def epoch_report(worker: Worker, epoch: int, trained: dict[str, float], evaluate
         "flops": worker.flops,  # analytic, beside the measured latency_ms (in ``metrics``)
         "device": device_name(worker.device),
         "gap_best": best["gap"],
+        "holdout_gap_best": best.get("holdout_gap", math.nan),  # the best epoch's: it chose nothing
         "best_epoch": best["epoch"],
         "best_averaged_epochs": best.get("averaged_epochs", 0),  # >0: best/ holds averaged weights
         "checkpoint": worker.best_dir,

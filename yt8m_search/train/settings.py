@@ -25,6 +25,7 @@ class TrainConfig(TrialSettings):
     storage_dtype: str = "bfloat16"  # what size_bytes counts (models.STORAGE_DTYPES)
     seed: int = 0
     pca_eigenvals: str | None = None  # .npy for reverse whitening: read by fit, copied into every worker's model
+    holdout_fraction: float = 0.0  # metrics.holdout: the validation videos reported on, never chosen on
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,7 +45,8 @@ class TrainConfig(TrialSettings):
     @classmethod
     def from_settings(cls, settings: TrialSettings, *, model: str, **extra: Any) -> TrainConfig:
         """A trial's settings (``spec.trial.replace(**sampled)``) with its model and ``extra`` fields
-        of this class (``hparams``, ``storage_dtype``, ``seed``, ``pca_eigenvals``)."""
+        of this class (``hparams``, ``storage_dtype``, ``seed``, ``pca_eigenvals``,
+        ``holdout_fraction``)."""
         values = {name: getattr(settings, name) for name in TrialSettings.names()}
         return cls(model=model, **extra, **values)
 
