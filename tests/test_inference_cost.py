@@ -180,16 +180,18 @@ def test_cost_objectives_make_a_study_with_a_direction_each(objectives: list[str
 def test_trials_csv_holds_flops_latency_and_device_and_old_tables_still_read(tmp_path: Path) -> None:
     results.write_trials(ROWS, str(tmp_path))
     header = (tmp_path / "trials.csv").read_text().splitlines()[0].split(",")
-    assert header[-4:] == ["flops", "latency_ms", "device", "seed"]
+    assert header[-5:] == ["flops", "latency_ms", "device", "seed", "holdout_gap"]
     back = results.read_trials(str(tmp_path))
     assert [(r.flops, r.device) for r in back] == [(r.flops, r.device) for r in ROWS]
     assert back[0].latency_ms == 2.5 and math.isnan(back[5].latency_ms)
-    # a table written before these columns (and the later seed): unknown FLOPs (0), no latency, no device
+    # a table written before these columns (and the later seed and holdout_gap): unknown FLOPs (0), no
+    # latency, no device, no holdout
     with (tmp_path / "trials.csv").open() as f:
         records = list(csv.reader(f))
-    old = "\n".join(",".join(record[:-4]) for record in records) + "\n"
+    old = "\n".join(",".join(record[:-5]) for record in records) + "\n"
     rows = results.parse_trials(old)
     assert [(r.flops, r.device) for r in rows] == [(0, "")] * len(ROWS) and all(math.isnan(r.latency_ms) for r in rows)
+    assert all(math.isnan(r.holdout_gap) and r.seed == -1 for r in rows)
     assert [r.trial_id for r in rows] == [r.trial_id for r in ROWS]
 
 

@@ -21,6 +21,7 @@ SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
 # The papers' recipes (spec 4.3-4.4, 5, 6). NeXtVLAD's is TrialSettings' defaults.
 PAPER_RECIPES = {
+    "frame_logistic": {},  # the baseline: no paper recipe, it trains as the space and the defaults say
     "nextvlad": {},
     "mix_nextvlad": {},
     "netvlad": {"batch_size": 80, "lr_decay": 0.8, "lr_decay_examples": 4_000_000, "l2": 1e-6},
