@@ -33,7 +33,7 @@ from yt8m_search.constants import NUM_CLASSES
 from yt8m_search.data import fs
 from yt8m_search.data.batch import VideoBatch
 from yt8m_search.metrics import MetricAccumulator
-from yt8m_search.metrics.holdout import holdout_mask
+from yt8m_search.metrics.holdout import PARTS, holdout_mask, update_parts
 
 __all__ = [
     "BUNDLE_NAME",
@@ -291,8 +291,7 @@ def evaluate_parts(bundles: Sequence[Bundle], batches: Iterable[VideoBatch], *, 
     """Per bundle, ``{"selection": metrics, "holdout": metrics}`` (``evaluate_bundle``'s keys) over one
     pass of ``batches``: each video goes to the part ``metrics.holdout.holdout_mask`` gives its id.
     An empty part's figures are NaN with ``videos`` 0."""
-    parts = [{"selection": MetricAccumulator(b.num_classes, top_k), "holdout": MetricAccumulator(b.num_classes, top_k)}
-             for b in bundles]  # fmt: skip
+    parts = [{name: MetricAccumulator(b.num_classes, top_k) for name in PARTS} for b in bundles]
     with torch.inference_mode():
         for batch in batches:
             held = holdout_mask(batch.ids, holdout_fraction)
@@ -304,9 +303,7 @@ def evaluate_parts(bundles: Sequence[Bundle], batches: Iterable[VideoBatch], *, 
                     moved_to[device] = batch.to(device)
                 moved = moved_to[device]
                 probs = bundle.predict(moved.features, moved.mask).float().cpu().numpy()
-                for name, rows in (("selection", ~held), ("holdout", held)):
-                    if rows.any():
-                        accs[name].update(probs[rows], labels[rows])
+                update_parts(accs, held, probs, labels)
     if not any(acc.num_videos for accs in parts[:1] for acc in accs.values()):
         raise ValueError("no videos to evaluate")
     return [{name: _part_result(acc) for name, acc in accs.items()} for accs in parts]

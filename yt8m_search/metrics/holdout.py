@@ -9,21 +9,29 @@ on every worker, across runs, resumes and machines, and independent of file orde
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_FRACTION", "holdout_mask", "in_holdout"]
+from yt8m_search.metrics.accumulator import MetricAccumulator
+
+__all__ = ["DEFAULT_FRACTION", "PARTS", "holdout_mask", "id_hash", "in_holdout", "update_parts"]
 
 DEFAULT_FRACTION = 0.2
+PARTS = ("selection", "holdout")
 _SCALE = float(2**64)
 
 
+def id_hash(video_id: str, salt: bytes) -> int:
+    """A 64-bit BLAKE2b hash of the id, salted (``salt``: at most 16 bytes) so that each use of it
+    (this split, ``noise``'s groups) is independent of the others."""
+    return int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8, person=salt).digest(), "little")
+
+
 def _unit(video_id: str) -> float:
-    """A uniform number in [0, 1) from the id's BLAKE2b hash (salted: no other use of the id's hash
-    lines up with this split)."""
-    digest = hashlib.blake2b(video_id.encode(), digest_size=8, person=b"yt8m-holdout").digest()
-    return int.from_bytes(digest, "little") / _SCALE
+    """A uniform number in [0, 1) from the id's hash."""
+    return id_hash(video_id, b"yt8m-holdout") / _SCALE
 
 
 def in_holdout(video_id: str, fraction: float = DEFAULT_FRACTION) -> bool:
@@ -36,3 +44,14 @@ def holdout_mask(video_ids: Sequence[str], fraction: float = DEFAULT_FRACTION) -
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"the holdout fraction must be in [0, 1), got {fraction}")
     return np.fromiter((_unit(v) < fraction for v in video_ids), dtype=bool, count=len(video_ids))
+
+
+def update_parts(parts: Mapping[str, MetricAccumulator], held: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+                 loss: Any = None) -> None:  # fmt: skip
+    """Add a batch's videos to their part's accumulator (``parts``: one per name of ``PARTS``; ``held``
+    the batch's ``holdout_mask``); the batch's mean ``loss``, when given, to each part it feeds."""
+    for name, rows in zip(PARTS, (~held, held)):
+        if rows.all():
+            parts[name].update(probs, labels, loss=loss)
+        elif rows.any():
+            parts[name].update(probs[rows], labels[rows], loss=loss)

@@ -41,7 +41,7 @@ from yt8m_search.data.batch import VideoBatch
 from yt8m_search.data.cache import ShardCache
 from yt8m_search.data.loading import iter_video_batches, read_videos
 from yt8m_search.metrics import MetricAccumulator
-from yt8m_search.metrics.holdout import holdout_mask
+from yt8m_search.metrics.holdout import PARTS, holdout_mask, update_parts
 from yt8m_search.metrics.noise import gap_standard_error
 from yt8m_search.train.collective import broadcast, gather
 from yt8m_search.train.recipe import autocast, cpu_state
@@ -100,7 +100,7 @@ def evaluate(
     """Score ``batches`` in eval mode; keep the metric states (selection and holdout videos apart)
     and the top-k predictions of every video."""
     model.eval()
-    acc, held = MetricAccumulator(num_classes=num_classes), MetricAccumulator(num_classes=num_classes)
+    parts = {name: MetricAccumulator(num_classes=num_classes) for name in PARTS}
     ids: list[str] = []
     classes, scores, labels = [], [], []
     timings: list[tuple[float, int]] = []
@@ -113,7 +113,7 @@ def evaluate(
             probs = torch.sigmoid(logits.float())  # scores in fp32: bf16 would create ties
             top = torch.topk(probs, k=min(top_k, probs.shape[1]), dim=1)
             probs_np, labels_np = probs.cpu().numpy(), batch.labels.cpu().numpy()
-            _update(acc, held, holdout_mask(batch.ids, holdout_fraction), probs_np, labels_np, loss)
+            update_parts(parts, holdout_mask(batch.ids, holdout_fraction), probs_np, labels_np, loss)
             ids.extend(batch.ids)
             classes.append(top.indices.to(torch.int32).cpu().numpy())
             scores.append(top.values.cpu().numpy())
@@ -125,17 +125,8 @@ def evaluate(
         scores=np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
         labels=labels,
     )
-    return Evaluation(state=acc.state(), holdout_state=held.state(), predictions=predictions, timings=timings)
-
-
-def _update(selection: MetricAccumulator, holdout: MetricAccumulator, held: np.ndarray, probs: np.ndarray,
-            labels: np.ndarray, loss: float) -> None:
-    """Add a batch's videos to their part's accumulator (the batch's mean loss to each part's)."""
-    for acc, rows in ((selection, ~held), (holdout, held)):
-        if rows.all():
-            acc.update(probs, labels, loss=loss)
-        elif rows.any():
-            acc.update(probs[rows], labels[rows], loss=loss)
+    return Evaluation(state=parts["selection"].state(), holdout_state=parts["holdout"].state(),
+                      predictions=predictions, timings=timings)
 
 
 def merged_metrics(evaluations: Iterable[Evaluation]) -> dict[str, Any]:
