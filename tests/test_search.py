@@ -297,7 +297,8 @@ def test_sweep_killed_mid_way_finishes_with_resume(tmp_path: Path) -> None:
     assert [t.number for t in study.trials] == list(range(len(study.trials)))
     held = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
     assert [t.user_attrs["trial_id"] for t in held] == [r["trial_id"] for r in rows]
-    assert all(t.user_attrs["state"] == "complete" and len(t.intermediate_values) == 2 for t in held)
+    assert all(t.user_attrs["state"] == "complete" and len(t.intermediate_values) == 2 for t in held), [
+        (t.number, t.state, t.user_attrs.get("state"), t.intermediate_values) for t in study.trials]
     assert all(t.datetime_start <= u.datetime_start for t, u in zip(study.trials, study.trials[1:]))
     for name, mtime in finished.items():  # finished before the kill: not trained again
         assert (out / "trials" / name / "history.json").stat().st_mtime == mtime

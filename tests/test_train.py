@@ -240,8 +240,8 @@ def test_a_killed_in_process_trial_is_retried_by_tune_from_its_checkpoint(
     ray_local: None, small_data: DataPaths, tmp_path: Path
 ) -> None:
     """A one-worker trial trains inside its Tune trial's process: when that process is killed in
-    epoch 2, Tune's retry starts the trial again and it continues after epoch 1, each epoch reported
-    once per attempt and trained once."""
+    epoch 2, Tune's retry starts the trial again and it continues after epoch 1, each epoch trained
+    once; the restored epoch is reported again (its first report may not have reached Tune)."""
     from ray import tune
 
     fault = KillOnce(epoch=2, step=1, rank=0, marker=str(tmp_path / "killed"))
@@ -265,11 +265,34 @@ def test_a_killed_in_process_trial_is_retried_by_tune_from_its_checkpoint(
     assert not results.errors and (tmp_path / "killed").exists()  # the trial's process really was killed
     assert int((tmp_path / "killed").read_text()) != os.getpid()  # ... and it was not this one
     per_epoch = seen[0][1]
-    assert seen == [(1, per_epoch), (2, 2 * per_epoch), (3, 3 * per_epoch)]  # epoch 1 not trained again
+    # epoch 1 not trained again: its report repeated as it was
+    assert seen == [(1, per_epoch), (1, per_epoch), (2, 2 * per_epoch), (3, 3 * per_epoch)]
     history = json.loads((tmp_path / "trials" / "faulty" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     # the trial wrote its own checkpoints, in Train's layout, keeping the newest one
     assert [Path(p).name for p in epoch_checkpoints(storage + "/faulty")] == ["epoch_003"]
+
+
+def test_an_epoch_checkpointed_but_never_reported_is_reported_on_resume(
+    ray_local: None, small_data: DataPaths, tmp_path: Path
+) -> None:
+    """A checkpoint is persisted before its epoch is reported: a driver that dies in between (here the
+    report itself fails) never sees that epoch. The resumed run reports it before training on, so a
+    consumer still gets every epoch, each trained once."""
+
+    def dies(metrics: dict[str, Any]) -> None:
+        raise RuntimeError(f"the driver died before epoch {metrics['epoch']} reached it")
+
+    cfg = _config(epochs=3)
+    with pytest.raises(RuntimeError, match="before epoch 1"):
+        fit(cfg, small_data.train, small_data.validation, str(tmp_path), "cut", report=dies)
+    assert [Path(p).name for p in epoch_checkpoints(str(tmp_path / "cut"))] == ["epoch_001"]
+    seen: list[dict[str, Any]] = []
+    result = fit(cfg, small_data.train, small_data.validation, str(tmp_path), "cut", report=seen.append)
+    assert [r["epoch"] for r in seen] == [1, 2, 3]
+    per_epoch = seen[0]["examples_seen"]
+    assert [r["examples_seen"] for r in seen] == [per_epoch, 2 * per_epoch, 3 * per_epoch]  # epoch 1 not retrained
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
 
 
 def test_resume_skips_a_checkpoint_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -106,9 +106,11 @@ def run_loop(session: Session, config: dict[str, Any]) -> list[dict[str, Any]]:
     Returns the per-epoch history (every report, restarts included, each epoch once)."""
     worker = start_worker(session, config)
     cfg, progress = worker.cfg, worker.progress
-    if progress.history and progress.epoch >= cfg.epochs:
-        # Restored a run that had already finished (its driver died before the last report reached
-        # Tune): report the final epoch again, so the caller still gets its result.
+    if progress.history:
+        # Restored: a checkpoint is persisted before its epoch is reported, so the driver may have died
+        # in between and never seen the newest epoch (or, for a finished run, its result). Report it
+        # again: delivery is at least once, and every consumer keys on the epoch (the rungs and ASHA
+        # record a trial once per rung, Optuna keeps a step's first value).
         session.report(progress.history[-1], None, progress.epoch)
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):  # epochs are 1-based in every report
         trained = train_epoch(worker, epoch)
