@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -116,8 +118,8 @@ def numbered(rows: list[TrialRow]) -> list[TrialRow]:
 MB = 1_000_000
 
 
-@pytest.fixture()
-def rows() -> list[TrialRow]:
+def small_rows() -> list[TrialRow]:
+    """A small sweep with every state, a hostile id and reason, NaN GAPs and unknown sizes."""
     return numbered([
         row("t00", "complete", 0.80, 40 * MB, lr=3e-4),
         row("t01", "stopped", 0.60, 10 * MB, epochs=2),
@@ -133,6 +135,11 @@ def rows() -> list[TrialRow]:
         row("t11", "complete", NAN, 15 * MB),  # NaN GAP: plotted nowhere, not on the front
         row("t12", "infeasible", NAN, -1, reason="unknown size"),
     ])  # fmt: skip
+
+
+@pytest.fixture()
+def rows() -> list[TrialRow]:
+    return small_rows()
 
 
 def ensemble_summary(**values: object) -> EnsembleSummary:
@@ -183,6 +190,49 @@ def summary_for(rows: list[TrialRow], *, ensemble: bool = True) -> RunSummary:
 
 
 IMPORTANCES = {"lr": 0.6, "cluster_size": 0.3, "gating": 0.1}
+
+SWEEP_MODELS = ("nextvlad", "mix_nextvlad", "netvlad", "nonlocal_netvlad")
+# a sweep's mix: mostly trials cut short by ASHA, a few over budget, failed or still running
+SWEEP_STATES = ("stopped",) * 11 + ("complete",) * 5 + ("error", "pending")
+LONG_ERROR = ("RuntimeError: CUDA out of memory. Tried to allocate 2.50 GiB (GPU 0; 79.11 GiB total capacity; "
+              "74.02 GiB already allocated; 1.12 GiB free; 76.31 GiB reserved in total by PyTorch)")  # fmt: skip
+
+
+def sweep_trial(rng: random.Random, number: int) -> TrialRow:
+    """One trial of a seeded sweep with a real sweep's dozen set parameters, GFLOPs and latency."""
+    model = rng.choice(SWEEP_MODELS)
+    clusters, hidden = rng.choice((8, 16, 32, 64, 128)), rng.choice((256, 512, 1024, 2048))
+    stored = int(clusters * hidden * rng.uniform(500, 1300))
+    state = "infeasible" if stored > 200 * MB else rng.choice(SWEEP_STATES)
+    gap = rng.uniform(0.55, 0.86) if state == "complete" else rng.uniform(0.05, 0.80)
+    reason = {"infeasible": f"{stored:,} bytes > budget 200,000,000", "error": LONG_ERROR}.get(state, "")
+    base = row(f"{rng.getrandbits(32):08x}", state, gap, stored, model=model, epochs=rng.randint(1, 10),
+               reason=reason, number=number)  # fmt: skip
+    config = {"family": model, "groups": rng.choice((2, 4, 8)), "clusters": clusters, "expansion": 2,
+              "hidden_size": hidden, "gating_reduction": 4, "dropout": rng.uniform(0.1, 0.6),
+              "classifier": rng.choice(("logistic", "moe")), "learning_rate": 10 ** rng.uniform(-4.5, -2),
+              "lr_decay": rng.uniform(0.7, 0.95), "batch_size": rng.choice((80, 160, 320)),
+              "clip_norm": rng.uniform(0.5, 5.0), "temperature": rng.uniform(1, 4)}  # fmt: skip
+    return dataclasses.replace(
+        base, config=config, hparams={k: v for k, v in config.items() if k != "family"},
+        flops=int(stored * rng.uniform(200, 400)), latency_ms=rng.uniform(0.2, 6.0),
+        device="cuda (NVIDIA H200)", holdout_gap=gap - 0.01 if base.trained else NAN,
+    )  # fmt: skip
+
+
+def sweep(n: int, seed: int = 0) -> tuple[list[TrialRow], RunSummary]:
+    """A seeded ``n``-trial sweep's rows and summary (its best trial the top complete one), no sweep run."""
+    rng = random.Random(seed)
+    rows = [sweep_trial(rng, i) for i in range(n)]
+    done = [r for r in rows if r.state is TrialState.COMPLETE]
+    top = max(done, key=lambda r: r.gap) if done else None
+    summary = summary_for(rows)
+    best = None if top is None else dataclasses.replace(
+        summary.best, trial_id=top.trial_id, model=top.model, hparams=top.hparams, gap=top.gap,
+        size_bytes=top.size_bytes, config=top.config)  # fmt: skip
+    members = [r.trial_id for r in done[:3]]
+    ensemble = dataclasses.replace(summary.ensemble, members=members, weights=[1] * len(members))
+    return rows, dataclasses.replace(summary, best=best, ensemble=ensemble)
 
 
 def brute_front(rows: list[TrialRow]) -> set[str]:
@@ -360,3 +410,57 @@ def test_the_report_labels_selection_and_holdout_figures_beside_the_baseline(row
     shipped_alone = dataclasses.replace(ensemble, shipped_best_single=True, members=["t10"], weights=[1])
     assert "the best single model alone" in render_report(rows, dataclasses.replace(summary, ensemble=shipped_alone),
                                                           {})  # fmt: skip
+
+
+def _folded(text: str) -> tuple[list[str], list[str]]:
+    """The trial ids of the trials table above its fold and those in the fold, in page order."""
+    top, _, rest = text.partition('<details class="more-trials">')
+    ids = re.compile(r'<tr class="state-[a-z]+(?: best)?" data-trial="([^"]+)"')
+    return ids.findall(top[top.index('<table class="trials"'):]), ids.findall(rest)
+
+
+def test_a_long_trials_table_shows_its_top_trials_and_folds_the_rest() -> None:
+    rows, summary = sweep(256)
+    text = render_report(rows, summary, IMPORTANCES)
+    parse(text)
+    top, rest = _folded(text)
+    assert (len(top), len(rest)) == (25, 231)
+    by_gap = sorted((r for r in rows if r.trained and math.isfinite(r.gap)), key=lambda r: -r.gap)
+    assert top == [r.trial_id for r in by_gap[:25]]
+    assert sorted(top + rest) == sorted(r.trial_id for r in rows) and summary.best.trial_id in top
+    assert "Show the other 231 trials (#26–256, same order)</summary>" in text
+    ranks = [int(n) for n in re.findall(r'<tr class="state-[^"]+" data-trial="[^"]+"><td class="num">(\d+)</td>', text)]
+    assert ranks == list(range(1, 257))
+
+
+def test_the_fold_never_hides_the_best_trial_and_a_short_table_never_folds(rows: list[TrialRow]) -> None:
+    many, summary = sweep(256)
+    thirtieth = sorted((r for r in many if r.trained), key=lambda r: -r.gap)[29]
+    best = dataclasses.replace(summary.best, trial_id=thirtieth.trial_id)
+    top, rest = _folded(render_report(many, dataclasses.replace(summary, best=best), IMPORTANCES))
+    assert (len(top), len(rest), top[-1]) == (30, 226, thirtieth.trial_id)
+    forty, summary = sweep(40)
+    for short, short_summary in ((rows, summary_for(rows)), (forty, summary)):
+        text = render_report(short, short_summary, IMPORTANCES)
+        assert "<details" not in text and len(_folded(text)[0]) == len(short)
+
+
+def test_the_page_grows_by_a_few_kilobytes_a_trial() -> None:
+    """Each trial costs its table rows and one dot (with its hover text) per plot: 256 trials stay far
+    under 5 MB, and a trial's long reason is written whole once, in the table, not into every plot."""
+    sizes = {n: len(render_report(*sweep(n), IMPORTANCES).encode()) for n in (64, 256)}
+    assert sizes[256] < 1_500_000 and (sizes[256] - sizes[64]) / 192 < 4_000, sizes
+    long_reason = "ValueError: " + "x" * 20_000
+    rows, summary = sweep(64)
+    over = next(i for i, r in enumerate(rows) if r.state is TrialState.INFEASIBLE)
+    rows[over] = dataclasses.replace(rows[over], reason=long_reason)
+    text = render_report(rows, summary, IMPORTANCES)
+    assert text.count(long_reason) == 1 and text.count(long_reason[:199] + "…") == 2  # size and GFLOPs plots
+
+
+def test_dots_shrink_when_a_plot_holds_many_trials(rows: list[TrialRow]) -> None:
+    def radii(text: str) -> set[str]:
+        return {a["r"] for a in parse(text).tags("circle") if a.get("data-trial") and a.get("data-pareto") != "1"}
+
+    assert radii(render_report(rows, summary_for(rows), IMPORTANCES)) == {"4.5"}
+    assert radii(render_report(*sweep(256), IMPORTANCES)) == {"3.0"}

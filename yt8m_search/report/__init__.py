@@ -11,8 +11,11 @@ line); GAP against stored size (log x, MB) and against forward GFLOPs per video 
 the Pareto front of fully trained trials in (GAP, that cost), the per-model budget and the infeasible
 trials marked along the x axis; parameter importance; the ensemble's GAP as members are added, when
 the run built one. Then the trials table, best GAP first, untrained trials last, with each trial's
-GFLOPs and measured latency (ms per video) side by side; its "Pareto" notes mark the search's own
-front (GAP against the costs of ``search.objectives``, stored size when it has none).
+GFLOPs and measured latency (ms per video) side by side and its configuration (and why it did not
+train) on a line under them; its "Pareto" notes mark the search's own front (GAP against the costs of
+``search.objectives``, stored size when it has none). Past 40 trials the table shows the top 25 (and
+always the best trial) and folds the rest into a ``<details>`` below it; a plot of more than 64
+points draws smaller dots.
 
 Modules: ``svg`` (formatting, scales, ticks, the chart primitive), ``plots`` (the plots),
 ``page`` (the tables and the page).

@@ -1,5 +1,7 @@
 """The report page: the run's facts, the plots, the ensemble's members and the trials table, as one
-self-contained HTML document (inline CSS and SVG, no scripts, no external assets)."""
+self-contained HTML document (inline CSS and SVG, no scripts, no external assets). A long trials table
+shows its top trials and folds the rest into a ``<details>``, so that a sweep of hundreds of trials
+stays a short page that opens fast."""
 
 from __future__ import annotations
 
@@ -56,14 +58,23 @@ p.caption, p.note, td.note { color: #777; font-size: 13px; }
 table { border-collapse: collapse; width: 100%; background: #fff; font-size: 12.5px; }
 th, td { border-bottom: 1px solid #eee; padding: 4px 7px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; position: sticky; top: 0; }
-tbody tr:nth-child(even) { background: #fbfbfb; }
-tr.best { background: #eef8ee !important; font-weight: 600; }
+table.trials { table-layout: fixed; min-width: 960px; }
+table.trials td.id { white-space: normal; overflow-wrap: anywhere; }
+table.trials tbody.trial:nth-of-type(even), table.members tbody tr:nth-child(even) { background: #fbfbfb; }
+table.trials tbody.trial.best { background: #eef8ee; }
+tr.best { font-weight: 600; }
+table.trials tr[data-trial] > td { border-bottom: 0; padding-bottom: 1px; }
+table.trials tr.config-row > td { padding-top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.id { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
-td.config { max-width: 380px; }
-td.config .kv { display: inline-block; margin-right: 6px; color: #555; }
-td.config .kv b { color: #222; font-weight: 500; }
-td.reason { max-width: 320px; color: #8a3b12; word-break: break-word; }
+td.config { color: #666; font-size: 12px; }
+.kv { white-space: nowrap; color: #666; margin-right: 4px; }
+.kv b { color: #333; font-weight: 500; }
+td.config .reason { color: #8a3b12; word-break: break-word; }
+details.more-trials { margin-top: 10px; }
+details.more-trials > summary { cursor: pointer; display: inline-block; padding: 5px 12px; border: 1px solid #ccc;
+                                border-radius: 6px; background: #fff; color: #1f4f8a; margin-bottom: 8px; }
+details.more-trials > summary:hover { background: #f0f5fb; }
 .badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 11.5px; color: #fff; }
 .badge.complete { background: #1f77b4; } .badge.stopped { background: #ff7f0e; }
 .badge.infeasible { background: #8c8c8c; } .badge.error { background: #d62728; }
@@ -132,8 +143,17 @@ def _sorted_rows(rows: Sequence[TrialRow]) -> list[TrialRow]:
     return [r for _, _, r in sorted(trained, key=lambda t: (-t[1], t[0]))] + rest
 
 
+TRIALS_HEAD = ("#", "trial", "state", "model", "GAP (selection)", "GAP (holdout)", "hit@1", "epochs", "params",
+               "size MB", "GFLOPs", "ms / video", "notes")  # fmt: skip
+# column widths (%), fixed so that the folded trials line up under the top ones
+TRIALS_WIDTHS = (3.5, 9, 8, 12, 8.5, 8.5, 6, 5.5, 9, 5.5, 6, 6, 12.5)
+# A long table folds after its first TABLE_TOP trials (best GAP first), so a sweep of hundreds of trials
+# stays a short page; up to TABLE_FOLD_OVER trials it is shown whole (folding away a handful helps no one).
+TABLE_TOP = 25
+TABLE_FOLD_OVER = 40
+
+
 def _trial_cells(rank: int, r: TrialRow, notes: list[str]) -> list[str]:
-    config = "".join(f'<span class="kv">{esc(k)}=<b>{esc(v)}</b></span> ' for k, v in config_items(r))
     trained = gap_of(r) is not None
     state = r.state.value
     return [
@@ -141,7 +161,6 @@ def _trial_cells(rank: int, r: TrialRow, notes: list[str]) -> list[str]:
         f'<td class="id">{esc(r.trial_id)}</td>',
         f'<td><span class="badge {esc(state)}">{esc(state)}</span></td>',
         f"<td>{esc(r.model)}</td>",
-        f'<td class="config">{config}</td>',
         f'<td class="num">{fmt(r.gap) if trained else "–"}</td>',
         f'<td class="num">{fmt(r.holdout_gap) if trained else "–"}</td>',
         f'<td class="num">{fmt(r.hit_at_one) if trained else "–"}</td>',
@@ -151,32 +170,68 @@ def _trial_cells(rank: int, r: TrialRow, notes: list[str]) -> list[str]:
         f'<td class="num">{fmt_gflops(r.flops)}</td>',
         f'<td class="num" title="{esc(r.device)}">{fmt(r.latency_ms, ".3g")}</td>',
         f"<td>{esc(', '.join(notes))}</td>",
-        f'<td class="reason">{esc(r.reason)}</td>',
     ]
 
 
-def trials_table(rows: Sequence[TrialRow], front: set[str], best_id: str | None, members: Mapping[str, int]) -> str:
-    """Every trial, best GAP first, untrained trials last; each row carries ``data-trial``. GAP is the
-    best epoch's on the selection videos (which chose it), beside the same epoch's on the holdout. Beside the
-    size: the analytic GFLOPs per 300-frame video and the measured latency, ms per video at the
-    evaluation batch size (hover it for the device)."""
-    head = ["#", "trial", "state", "model", "configuration", "GAP (selection)", "GAP (holdout)", "hit@1", "epochs",
-            "params", "size MB",
-            "GFLOPs", "ms / video", "notes", "reason"]  # fmt: skip
-    out = ['<table class="trials">', "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
-           "<tbody>"]  # fmt: skip
-    for rank, r in enumerate(_sorted_rows(rows), 1):
+def _config_row(r: TrialRow) -> str:
+    """The free text under a trial's figures, the full width of the table: its configuration, then why
+    it did not train. Beside the figures it made every row many lines tall and pushed the table past
+    the page's width."""
+    config = " ".join(f'<span class="kv">{esc(k)}=<b>{esc(v)}</b></span>' for k, v in config_items(r))
+    reason = f'<div class="reason">{esc(r.reason)}</div>' if r.reason else ""
+    span = len(TRIALS_HEAD) - 1
+    return f'<tr class="config-row"><td></td><td class="config" colspan="{span}">{config}{reason}</td></tr>'
+
+
+def _trials_rows(ordered: Sequence[TrialRow], front: set[str], best_id: str | None,
+                 members: Mapping[str, int]) -> list[str]:  # fmt: skip
+    """One ``<tbody>`` per trial: its figures' row (``data-trial``) and its configuration's row."""
+    out = []
+    for rank, r in enumerate(ordered, 1):
         tid = r.trial_id
         notes = ["best"] if tid == best_id else []
         if tid in front:
             notes.append("Pareto")
         if tid in members:
             notes.append(f"ensemble ×{members[tid]}")
-        cls = f"state-{esc(r.state.value)}" + (" best" if tid == best_id else "")
-        out.append(f'<tr class="{cls}" data-trial="{esc(tid)}">' + "".join(_trial_cells(rank, r, notes)) + "</tr>")
+        best = " best" if tid == best_id else ""
+        out.append(f'<tbody class="trial{best}"><tr class="state-{esc(r.state.value)}{best}" data-trial="{esc(tid)}">'
+                   + "".join(_trial_cells(rank, r, notes)) + f"</tr>{_config_row(r)}</tbody>")  # fmt: skip
+    return out
+
+
+def _table(cls: str, body: Sequence[str]) -> str:
+    cols = "<colgroup>" + "".join(f'<col style="width: {w}%">' for w in TRIALS_WIDTHS) + "</colgroup>"
+    head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TRIALS_HEAD) + "</tr></thead>"
+    return "\n".join([f'<div class="table-wrap"><table class="{cls}">', cols, head, *body, "</table></div>"])
+
+
+def _shown(body: Sequence[str], best_rank: int | None) -> int:
+    """How many of the table's rows show before the fold: every row of a short table, else the top
+    rows and always down to the best trial's."""
+    if len(body) <= TABLE_FOLD_OVER:
+        return len(body)
+    return max(TABLE_TOP, best_rank or 0)
+
+
+def trials_table(rows: Sequence[TrialRow], front: set[str], best_id: str | None, members: Mapping[str, int]) -> str:
+    """Every trial, best GAP first, untrained trials last; each row carries ``data-trial``. GAP is the
+    best epoch's on the selection videos (which chose it), beside the same epoch's on the holdout. Beside the
+    size: the analytic GFLOPs per 300-frame video and the measured latency, ms per video at the
+    evaluation batch size (hover it for the device). A long table shows its top rows; the rest, in the
+    same order and columns, open from a ``<details>`` below it (no script: the page stays static)."""
     if not rows:
-        out.append(f'<tr><td colspan="{len(head)}" class="note">no trials</td></tr>')
-    out.append("</tbody></table>")
+        empty = f'<tbody><tr><td colspan="{len(TRIALS_HEAD)}" class="note">no trials</td></tr></tbody>'
+        return _table("trials", [empty])
+    ordered = _sorted_rows(rows)
+    body = _trials_rows(ordered, front, best_id, members)
+    shown = _shown(body, next((i for i, r in enumerate(ordered, 1) if r.trial_id == best_id), None))
+    out = [_table("trials", body[:shown])]
+    if shown < len(body):
+        out.append(
+            f'<details class="more-trials"><summary>Show the other {len(body) - shown} trials '
+            f"(#{shown + 1}–{len(body)}, same order)</summary>{_table('trials more', body[shown:])}</details>"
+        )
     return "\n".join(out)
 
 
@@ -379,7 +434,9 @@ def render_report(rows: Sequence[TrialRow], summary: RunSummary, importances: Ma
         *_plot_sections(rows, summary, importances or {}),
         *(_ensemble_section(ens, summary, rows) if ens else []),
         "<h2>Trials</h2>",
-        f'<div class="table-wrap">{trials_table(rows, front, best_id, ens.member_weights() if ens else {})}</div>',
+        '<p class="caption">Best GAP on the selection videos first, trials without a GAP last. Under each trial: '
+        'its configuration and, in red, why it did not train.</p>',
+        trials_table(rows, front, best_id, ens.member_weights() if ens else {}),
     ]
     return _document(title, body)
 

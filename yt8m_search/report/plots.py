@@ -90,6 +90,9 @@ def config_text(row: TrialRow) -> str:
     return ", ".join(f"{k}={v}" for k, v in config_items(row))
 
 
+TIP_REASON = 200  # characters of a reason in a point's hover text; the trials table has it whole
+
+
 def tip(row: TrialRow) -> str:
     """A point's hover text."""
     lines = [f"{row.trial_id} ({row.state.value}) {row.model}"]
@@ -102,8 +105,13 @@ def tip(row: TrialRow) -> str:
     if config:
         lines.append(config)
     if row.reason:
-        lines.append(row.reason)
+        lines.append(row.reason if len(row.reason) <= TIP_REASON else row.reason[: TIP_REASON - 1] + "…")
     return "\n".join(lines)
+
+
+def dot_radius(points: int) -> float:
+    """A trial's dot: smaller once a plot holds many, so that hundreds of them stay apart."""
+    return 4.5 if points <= 64 else 3.0
 
 
 def _point(plot: Plot, row: TrialRow, x: float, y: float, *, r: float = 4.5, extra: str = "",
@@ -152,7 +160,7 @@ def history_plot(rows: Sequence[TrialRow]) -> str:
         plot.add(f'<path class="running-best" d="{"".join(path)}" fill="none" stroke="{COLORS["best"]}" '
                  f'stroke-width="2"/>')  # fmt: skip
         for i, g, r in trained:
-            plot.add(_point(plot, r, i, g))
+            plot.add(_point(plot, r, i, g, r=dot_radius(len(trained))))
     _state_keys(plot, [r for _, _, r in trained], history=True)
     if trained:
         plot.key("line", COLORS["best"], "running best")
@@ -160,14 +168,16 @@ def history_plot(rows: Sequence[TrialRow]) -> str:
 
 
 def _cost_marks(plot: Plot, pts: list[tuple[float, float, TrialRow]], front: set[str]) -> list[tuple[float, float]]:
-    """The Pareto line and the trained points (dominated ones first, so the front is drawn on top)."""
+    """The Pareto line and the trained points: stopped, then complete, then the front, each drawn over
+    the ones before (at hundreds of trials the many stopped ones would hide the rest)."""
     on_front = sorted((x, g) for x, g, r in pts if r.trial_id in front)
     if len(on_front) > 1:
         d = "".join(f"{'M' if i == 0 else 'L'}{plot.x(x):.1f},{plot.y(g):.1f}" for i, (x, g) in enumerate(on_front))
         plot.add(f'<path class="pareto-line" d="{d}" fill="none" stroke="{COLORS["pareto"]}" stroke-width="1.5"/>')
-    for x, g, r in sorted(pts, key=lambda p: p[2].trial_id in front):
+    dot = dot_radius(len(pts))
+    for x, g, r in sorted(pts, key=lambda p: (p[2].trial_id in front, p[2].state is TrialState.COMPLETE)):
         is_front = r.trial_id in front
-        plot.add(_point(plot, r, x, g, r=6 if is_front else 4.5, stroke=COLORS["pareto"] if is_front else "none",
+        plot.add(_point(plot, r, x, g, r=6 if is_front else dot, stroke=COLORS["pareto"] if is_front else "none",
                         extra=f' data-pareto="{1 if is_front else 0}"'))  # fmt: skip
     return on_front
 
