@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from yt8m_search import compat
 
@@ -37,3 +42,48 @@ def test_foreach_norm_matches_the_plain_norms() -> None:
     assert [float(n) for n in compat.foreach_norm(tensors)] == [float(t.norm()) for t in tensors]
     compat.foreach_mul_(tensors, [torch.tensor(2.0), torch.tensor(0.5)])
     assert tensors[1].tolist() == [0.5] * 4
+
+
+def test_keep_idle_workers_leaves_a_users_setting_alone(monkeypatch) -> None:
+    monkeypatch.setenv(f"RAY_{compat.RAY_IDLE_WORKERS_CONFIG}", "3")
+    compat.keep_idle_workers(12)
+    assert os.environ[f"RAY_{compat.RAY_IDLE_WORKERS_CONFIG}"] == "3"
+    assert compat.idle_workers_kept(2) == 8 and compat.idle_workers_kept(64) == 16
+
+
+_REUSE = """
+import os, sys, time
+from yt8m_search import compat
+compat.keep_idle_workers(int(sys.argv[1]))
+import ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+@ray.remote(num_cpus=1.5)
+class Holder:  # a trial holding CPUs, as in a local sweep: 0.5 CPU free
+    def ready(self):
+        return True
+
+@ray.remote(num_cpus=0.125)
+def pid():
+    time.sleep(0.5)
+    return os.getpid()
+
+holder = Holder.remote()
+ray.get(holder.ready.remote())
+first = set(ray.get([pid.remote() for _ in range(4)]))
+time.sleep(3)  # idle for longer than Ray's 1 s
+second = set(ray.get([pid.remote() for _ in range(4)]))
+print(len(first), len(first & second))
+"""
+
+
+@pytest.mark.slow
+def test_a_ray_told_to_keep_idle_workers_reuses_them_after_an_idle_spell() -> None:
+    """The raylet honours the config ``keep_idle_workers`` sets: four read-sized tasks beside a trial
+    holding most CPUs run again in the same processes after 3 s idle (Ray's default keeps at most one
+    idle worker per free CPU, here none, and kills the rest after 1 s)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", _REUSE, "8"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    started, reused = map(int, out.stdout.split()[-2:])
+    assert started == 4 and reused == 4, out.stdout

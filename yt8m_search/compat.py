@@ -9,7 +9,9 @@ training loop imports this module for torch alone.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,6 +137,33 @@ def wandb_actor_split_result(actor: Any, result: dict[str, Any]) -> tuple[dict[s
 # The check
 
 
+# ---------------------------------------------------------------------------------------------
+# Ray: the raylet's limit on idle task workers (a config of its C++ core, read from RAY_<name> when
+# Ray starts). Ray keeps as many idle workers as there are free CPUs and kills the others after 1 s.
+# In a local sweep the trials' processes hold CPUs, so each epoch's read tasks start new processes
+# (Python, Ray's worker and pyarrow imported again) that are killed while the trial evaluates.
+RAY_IDLE_WORKERS_CONFIG = "num_workers_soft_limit"
+
+
+def keep_idle_workers(count: int) -> None:
+    """Let the Ray that this process starts next keep up to ``count`` idle task workers (a user's own
+    ``RAY_num_workers_soft_limit`` wins). No effect on a Ray already running, or on a cluster's."""
+    os.environ.setdefault(f"RAY_{RAY_IDLE_WORKERS_CONFIG}", str(count))
+
+
+def idle_workers_kept(cpus: int) -> int:
+    """How many idle read workers a local Ray keeps: as many as 0.25-CPU read tasks fit on its CPUs
+    (``data.loading.READ_CPUS``), at most 16 (an idle worker holds about 100 MB)."""
+    return min(16, 4 * max(1, cpus))
+
+
+def _raylet_knows(config: str) -> bool:
+    import ray
+
+    raylet = Path(ray.__file__).parent / "core" / "src" / "ray" / "raylet" / "raylet"
+    return raylet.exists() and config.encode() in raylet.read_bytes()
+
+
 def _resolve(module: str, path: str) -> Any:
     obj: Any = importlib.import_module(module)
     for part in path.split("."):
@@ -166,11 +195,17 @@ def missing_private_names() -> list[str]:
         except (AttributeError, ImportError) as err:
             missing.append(f"{module}.{path} is gone ({type(err).__name__}: {err}); "
                            "yt8m_search.compat wraps it: adapt the wrapper to the new version")
+    if not _raylet_knows(RAY_IDLE_WORKERS_CONFIG):
+        missing.append(f"Ray's raylet no longer has the config {RAY_IDLE_WORKERS_CONFIG}; "
+                       "yt8m_search.compat.keep_idle_workers sets it: adapt it to the new version")
     return missing
 
 
 __all__ = [
     "PRIVATE_NAMES",
+    "RAY_IDLE_WORKERS_CONFIG",
+    "idle_workers_kept",
+    "keep_idle_workers",
     "foreach_mul_",
     "foreach_norm",
     "mark_optuna_told",

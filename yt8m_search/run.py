@@ -139,12 +139,16 @@ def _init_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: join the cluster
         ray.init(runtime_env={"env_vars": env}, log_to_driver=False)  # a cluster's workers stay in their own logs
     else:
+        from yt8m_search import compat
         from yt8m_search.train import LOCAL_TRAIN_ENV
 
         env.update({k: os.environ.get(k, v) for k, v in LOCAL_TRAIN_ENV.items()})
         # the trials' output reaches the run's log through the driver (logs.to_file), not the terminal,
         # so without colour codes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        # the read tasks' processes outlive an epoch: Ray would keep one idle worker per free CPU, and the
+        # trials hold CPUs (benchmarks/bench_worker_reuse.py)
+        compat.keep_idle_workers(compat.idle_workers_kept(os.cpu_count() or 1))
         ray.init(num_cpus=os.cpu_count(), log_to_driver=True,  # the dashboard serves the state API Train V2 needs
                  runtime_env={"env_vars": env})
     from ray.data import DataContext
