@@ -95,10 +95,11 @@ def _fresh_read(path: str) -> float:
     """CPU seconds of this process from its start to the end of reading ``path`` as a read task does."""
     import resource
 
-    from yt8m_search.data.loading import _read_shards  # the read task's own function
     import pyarrow as pa
 
-    for _ in _read_shards(pa.table({"path": [path]})):
+    from yt8m_search.data.loading import _read_shards  # the read task's own function
+
+    for _ in _read_shards(pa.table({"paths": [[path]]})):  # one read task's group of one shard
         pass
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

@@ -41,7 +41,7 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         pytest.fail(f"{', '.join(missing)} missing: the browser tests need Debian's Chromium; run "
-                    "`apt-get install -y chromium chromium-driver` (`scripts/setup.sh --tests` does it as root)")  # fmt: skip
+                    "`apt-get install -y chromium chromium-driver` (`scripts/setup.sh --tests` does it)")
     profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh profile: no state from an earlier run
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

@@ -43,11 +43,13 @@ __all__ = [
     "BundleError",
     "BundleMember",
     "BundleTooLargeError",
+    "accumulate_parts",
     "build_bundle",
     "evaluate_bundle",
     "evaluate_parts",
     "export_bundle",
     "load_bundle",
+    "part_results",
     "resolve_device",
     "storage_state",
 ]
@@ -286,11 +288,11 @@ def _part_result(acc: MetricAccumulator) -> dict[str, Any]:
     return {**acc.result(), "videos": acc.num_videos}
 
 
-def evaluate_parts(bundles: Sequence[Bundle], batches: Iterable[VideoBatch], *, holdout_fraction: float,
-                   top_k: int = 20) -> list[dict[str, dict[str, Any]]]:
-    """Per bundle, ``{"selection": metrics, "holdout": metrics}`` (``evaluate_bundle``'s keys) over one
-    pass of ``batches``: each video goes to the part ``metrics.holdout.holdout_mask`` gives its id.
-    An empty part's figures are NaN with ``videos`` 0."""
+def accumulate_parts(bundles: Sequence[Bundle], batches: Iterable[VideoBatch], *, holdout_fraction: float,
+                     top_k: int = 20) -> list[dict[str, MetricAccumulator]]:
+    """Per bundle, one ``MetricAccumulator`` per part (``metrics.holdout.PARTS``) over one pass of
+    ``batches``: each video goes to the part ``holdout_mask`` gives its id. Accumulators of several
+    workers' batches merge (``MetricAccumulator.merge``) into those of all the batches."""
     parts = [{name: MetricAccumulator(b.num_classes, top_k) for name in PARTS} for b in bundles]
     with torch.inference_mode():
         for batch in batches:
@@ -304,6 +306,19 @@ def evaluate_parts(bundles: Sequence[Bundle], batches: Iterable[VideoBatch], *, 
                 moved = moved_to[device]
                 probs = bundle.predict(moved.features, moved.mask).float().cpu().numpy()
                 update_parts(accs, held, probs, labels)
+    return parts
+
+
+def part_results(parts: Sequence[Mapping[str, MetricAccumulator]]) -> list[dict[str, dict[str, Any]]]:
+    """``accumulate_parts``' accumulators as ``evaluate_parts`` reports them."""
     if not any(acc.num_videos for accs in parts[:1] for acc in accs.values()):
         raise ValueError("no videos to evaluate")
     return [{name: _part_result(acc) for name, acc in accs.items()} for accs in parts]
+
+
+def evaluate_parts(bundles: Sequence[Bundle], batches: Iterable[VideoBatch], *, holdout_fraction: float,
+                   top_k: int = 20) -> list[dict[str, dict[str, Any]]]:
+    """Per bundle, ``{"selection": metrics, "holdout": metrics}`` (``evaluate_bundle``'s keys) over one
+    pass of ``batches``: each video goes to the part ``metrics.holdout.holdout_mask`` gives its id.
+    An empty part's figures are NaN with ``videos`` 0."""
+    return part_results(accumulate_parts(bundles, batches, holdout_fraction=holdout_fraction, top_k=top_k))

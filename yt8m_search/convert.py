@@ -25,6 +25,7 @@ from yt8m_search.data.errors import CorruptRecordError
 from yt8m_search.data.parquet import ConversionReport, ShardResult, advance_progress, convert_shard, plan, progress_bar
 
 RETRIES = 3
+WAIT_S = 0.5  # how often the driver collects finished shards (and moves the bar)
 
 
 def convert_on_ray(inputs: str | Sequence[str], output_dir: str, *, skip_bad: bool = False, level: str = "frame",
@@ -36,14 +37,18 @@ def convert_on_ray(inputs: str | Sequence[str], output_dir: str, *, skip_bad: bo
     task = ray.remote(convert_shard).options(num_cpus=cpus_per_task, max_retries=RETRIES,
                                              retry_exceptions=[OSError])
     pending = {task.remote(src, dst, skip_bad, level): i for i, (src, dst) in enumerate(pairs)}
+    waiting = list(pending)
     results: dict[int, ShardResult] = {}
     bar = progress_bar(len(pairs), progress)
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            results[i] = ray.get(done[0])
-            advance_progress(bar, results[i])
+        while waiting:
+            # every finished task at each call, and the rest kept for the next: waiting on all 3,844
+            # shards one result at a time would be quadratic in the shards
+            done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=WAIT_S, fetch_local=False)
+            for ref in done:
+                i = pending.pop(ref)
+                results[i] = ray.get(ref)
+                advance_progress(bar, results[i])
     except BaseException:
         for ref in pending:
             ray.cancel(ref)

@@ -329,6 +329,13 @@ class EnsembleSummary:
     noise_tests: int = 0
     noise_rejections: int = 0  # steps refused as noise (each ends its greedy run)
     shipped_best_single: bool = False
+    # what selection_gap is worth: the selection scored ``sample_videos`` selection videos, all of them
+    # or a seeded uniform subsample of the ``sample_of`` (0 in a summary from before); its bootstrap sd
+    # over them, and its standard error against the sparse GAP on all ``sample_of`` (0 when all were used)
+    sample_videos: int = 0
+    sample_of: int = 0
+    selection_gap_sd: float = math.nan
+    selection_gap_se: float = math.nan
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,14 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from yt8m_search import config, logs, report, results, space_record
 from yt8m_search.data import fs
 from yt8m_search.data.prepare import DataPaths, synthetic_dataset
+
+if TYPE_CHECKING:
+    from yt8m_search.ensemble import Rescore
 
 
 class UsageError(Exception):
@@ -241,13 +245,24 @@ def _ensemble(run_dir: str) -> results.EnsembleSummary | results.EnsembleFailure
     from yt8m_search import ensemble  # lazy: see the module docstring
 
     try:
-        return ensemble.run(run_dir)
+        # the step's progress goes to the run's log (the process's output), not the terminal
+        return ensemble.run(run_dir, rescore=_ray_rescore(), log=lambda line: print(f"ensemble: {line}", flush=True))
     except Exception as err:  # any: recorded, shown in the report and the exit code's cause (see main)
         if not isinstance(err, ensemble.EnsembleError):  # a bug: its traceback goes to the log
             traceback.print_exc()
         failure = results.EnsembleFailure(" ".join(f"{type(err).__name__}: {err}".split()))
         logs.say(f"ensemble: failed: {failure.error}")
         return failure
+
+
+def _ray_rescore() -> Rescore | None:
+    """The dense re-score on the Ray cluster when Ray is up (the sweep's), else None: in this process."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    from yt8m_search.rescore import rescore_on_ray  # lazy: see the module docstring
+
+    return rescore_on_ray
 
 
 def _gaps(selection: float, holdout: float) -> str:

@@ -92,48 +92,145 @@ def _collate_fn(num_classes: int, pad_to: int | None, dequantize: bool, buffers:
 
 
 def read_videos(
-    paths: str | Sequence[str], *, shuffle: bool = False, listed: bool = False, cache: ShardCache | None = None
+    paths: str | Sequence[str], *, shuffle: bool = False, listed: bool = False, cache: ShardCache | None = None,
+    sizes: Sequence[int] | None = None,
 ) -> ray.data.Dataset:
     """A lazy Ray dataset over Parquet shards: a folder, a glob, a file or a list of them, local or s3://.
 
-    ``shuffle`` shuffles the file order, anew for every epoch (every execution); rows are shuffled
-    further by the local shuffle buffer of ``iter_video_batches``. Unshuffled, rows come in file order
-    every time, so an evaluation is reproducible: the starter's GAP breaks exact score ties by the
-    order videos arrive in (see ``metrics``). ``listed``: ``paths`` already are the shard files, as
-    ``fs.list_files`` returns them (no second round of listing calls). ``cache``: remote shards are
+    ``shuffle`` shuffles the order of the read tasks anew for every epoch (every execution), and the
+    files within each task; rows are shuffled further by the local shuffle buffer of
+    ``iter_video_batches``. Unshuffled, rows come in file order every time, so an evaluation is
+    reproducible: the starter's GAP breaks exact score ties by the order videos arrive in (see
+    ``metrics``). ``listed``: ``paths`` already are the shard files, as ``fs.list_files`` returns them
+    (no second round of listing calls); ``sizes``: their sizes in bytes, as the listing found them
+    (``fs.list_sized``), else they are looked up (see ``plan_tasks``). ``cache``: remote shards are
     read through this node-local cache (``data.shard_cache``): each node fetches a shard once, not
     every trial and epoch (see ``yt8m_search.data.cache``).
 
-    The shards are listed here, once, and each is read by a task that asks for ``READ_CPUS``.
-    ``ray.data.read_parquet`` would instead list the files in a task asking for a whole CPU, which
-    never gets scheduled when training workers of concurrent trials hold all but a fraction of
-    the CPUs: the trials then wait forever.
+    The shards are listed here, once, and each group of them (``plan_tasks``) is read by a task that
+    asks for ``READ_CPUS``. ``ray.data.read_parquet`` would instead list the files in a task asking
+    for a whole CPU, which never gets scheduled when training workers of concurrent trials hold all
+    but a fraction of the CPUs: the trials then wait forever.
+
+    An unshuffled dataset of listed files is made once per process (``_PLANNED``): the evaluation of
+    every epoch asks for the same files, and planning thousands of them is what costs (one object per
+    read task).
     """
+    if listed and not shuffle:
+        return _planned(tuple(paths), cache, None if sizes is None else tuple(sizes))
+    return _plan(paths, shuffle, listed, cache, sizes)
+
+
+def _plan(paths: str | Sequence[str], shuffle: bool, listed: bool, cache: ShardCache | None,
+          sizes: Sequence[int] | None) -> ray.data.Dataset:
     import ray.data
 
-    files = list(paths) if listed else fs.list_files(paths, pattern="*.parquet")
+    if listed:
+        files = list(paths)
+    else:
+        found = fs.list_sized(paths, pattern="*.parquet")
+        files, sizes = [f for f, _ in found], [n for _, n in found]
     if not files:
         raise FileNotFoundError(f"no Parquet shards (*.parquet) found at {paths}")
-    dataset = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
+    groups = plan_tasks(files, sizes)
+    dataset = ray.data.from_items([{"paths": g} for g in groups], override_num_blocks=len(groups))
     if shuffle:
-        dataset = dataset.randomize_block_order()  # one file per block; reseeded per execution
+        dataset = dataset.randomize_block_order()  # one group per block; reseeded per execution
     else:
         dataset.context.execution_options.preserve_order = True  # this dataset's own context copy
     dataset.context.target_max_block_size = BLOCK_BYTES
-    return dataset.map_batches(_read_shards, fn_kwargs={"cache": cache}, batch_size=1, batch_format="pyarrow",
-                               num_cpus=READ_CPUS)
+    return dataset.map_batches(_read_shards, fn_kwargs={"cache": cache, "shuffle": shuffle}, batch_size=1,
+                               batch_format="pyarrow", num_cpus=READ_CPUS)
 
 
-def _read_shards(paths: pa.Table, cache: ShardCache | None = None) -> Iterator[pa.Table]:
-    """Stream each shard's row groups, only the columns training uses (through ``cache`` if given)."""
-    for path in paths.column("path").to_pylist():
-        try:
-            with _open_shard(path, cache) as f:
-                shard = pq.ParquetFile(f)
-                for group in range(shard.num_row_groups):
-                    yield shard.read_row_group(group, columns=COLUMNS)
-        except (OSError, pa.ArrowException) as exc:
-            raise ValueError(f"{path}: cannot read Parquet shard: {exc}") from exc
+# The unshuffled datasets of listed files made in this process, newest last, keyed by the Ray job too:
+# a dataset's items are objects of the Ray instance that made it.
+_PLANNED: dict[tuple[Any, ...], ray.data.Dataset] = {}
+_PLANNED_KEPT = 4
+_PLANNED_LOCK = threading.Lock()
+
+
+def _planned(files: tuple[str, ...], cache: ShardCache | None, sizes: tuple[int, ...] | None) -> ray.data.Dataset:
+    import ray
+
+    if not ray.is_initialized():  # Ray Data starts Ray on first use: nothing of it to keep yet
+        return _plan(files, False, True, cache, sizes)
+    key = (ray.get_runtime_context().get_job_id(), files, cache)
+    with _PLANNED_LOCK:
+        dataset = _PLANNED.pop(key, None)
+        if dataset is None:
+            dataset = _plan(files, False, True, cache, sizes)
+        _PLANNED[key] = dataset
+        while len(_PLANNED) > _PLANNED_KEPT:
+            del _PLANNED[next(iter(_PLANNED))]
+        return dataset
+
+
+# A read task costs the driver and the scheduler about as much whatever it reads (measured on 2
+# loaded cores: ~0.15 s per task over 400 shards of two videos). A YouTube-8M shard (~1,000 videos,
+# ~270 MB) is a task of its own; small shards are read by the group, up to TASK_BYTES a task, but
+# never fewer than MIN_TASKS tasks (the read's parallelism) when there are that many shards.
+TASK_BYTES = 64 << 20
+MIN_TASKS = 32
+_SIZE_SAMPLE = 8
+
+
+def plan_tasks(files: Sequence[str], sizes: Sequence[int] | None = None) -> list[list[str]]:
+    """``files`` in consecutive groups, one read task each: up to ``TASK_BYTES`` and
+    ``ceil(len(files) / MIN_TASKS)`` files a group (a file larger than that is a group of its own).
+
+    Without ``sizes``: local files are measured (a ``stat`` each); remote ones are taken to weigh the
+    median of a few evenly spread samples (one HEAD request each), not thousands of requests."""
+    if not files:
+        return []
+    weights = list(sizes) if sizes is not None else _sizes(files)
+    if len(weights) != len(files):
+        raise ValueError(f"{len(files)} files but {len(weights)} sizes")
+    most = -(-len(files) // MIN_TASKS)
+    groups: list[list[str]] = [[]]
+    held = 0
+    for path, size in zip(files, weights):
+        if groups[-1] and (held + size > TASK_BYTES or len(groups[-1]) >= most):
+            groups.append([])
+            held = 0
+        groups[-1].append(path)
+        held += size
+    return groups
+
+
+def _sizes(files: Sequence[str]) -> list[int]:
+    if all(fs.is_local(f) for f in files):
+        return [_size(f) for f in files]
+    step = max(1, len(files) // _SIZE_SAMPLE)
+    typical = int(np.median([_size(f) for f in files[::step][:_SIZE_SAMPLE]]))
+    return [typical] * len(files)
+
+
+def _size(path: str) -> int:
+    try:
+        return fs.file_size(path)
+    except OSError:  # a task of its own, whose read names the file and what is wrong with it
+        return TASK_BYTES
+
+
+def _read_shards(groups: pa.Table, cache: ShardCache | None = None, shuffle: bool = False) -> Iterator[pa.Table]:
+    """Stream each shard's row groups, only the columns training uses (through ``cache`` if given);
+    shuffled, a group's files in a fresh order."""
+    for paths in groups.column("paths").to_pylist():
+        if shuffle:
+            paths = [paths[i] for i in np.random.default_rng().permutation(len(paths))]
+        for path in paths:
+            yield from _read_shard(path, cache)
+
+
+def _read_shard(path: str, cache: ShardCache | None) -> Iterator[pa.Table]:
+    try:
+        with _open_shard(path, cache) as f:
+            shard = pq.ParquetFile(f)
+            for group in range(shard.num_row_groups):
+                yield shard.read_row_group(group, columns=COLUMNS)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: cannot read Parquet shard: {exc}") from exc
 
 
 def _open_shard(path: str, cache: ShardCache | None) -> Any:
@@ -171,4 +268,5 @@ def iter_video_batches(
     )
 
 
-__all__ = ["BLOCK_BYTES", "COLUMNS", "READ_CPUS", *_FROM_BATCH, "iter_video_batches", "read_videos"]
+__all__ = ["BLOCK_BYTES", "COLUMNS", "MIN_TASKS", "READ_CPUS", "TASK_BYTES", *_FROM_BATCH, "iter_video_batches",
+           "plan_tasks", "read_videos"]

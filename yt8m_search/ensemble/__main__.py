@@ -1,5 +1,5 @@
 """``python -m yt8m_search.ensemble RUN_DIR [--budget BYTES] [--budget-flops FLOPS] ...``: re-run the ensemble step of a
-finished sweep (select, export ``RUN_DIR/ensemble.pt``, re-score, record it in summary.json) and print
+finished sweep (select, export ``RUN_DIR/ensemble.pt``, re-score in this process, record it in summary.json) and print
 the members, the curve, the noise threshold, the best single model as shipped and the bundle's GAP on
 the selection part (which chose it) and on the holdout part (which chose nothing), each labelled.
 
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from yt8m_search import results
 from yt8m_search.bundle import BUNDLE_NAME
 from yt8m_search.data import fs
+from yt8m_search.ensemble.selection import DEFAULT_SAMPLE_VIDEOS
 from yt8m_search.ensemble.step import run
 
 __all__ = ["main"]
@@ -53,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None, help="threads scoring moves (default: up to 4)")
+    parser.add_argument("--max-videos", type=int, default=DEFAULT_SAMPLE_VIDEOS,
+                        help="select on a seeded subsample of this many selection videos when there are more "
+                             f"(default {DEFAULT_SAMPLE_VIDEOS:,}; 0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="the subsample's seed")
     return parser
 
 
@@ -69,6 +74,9 @@ def _print(entry: results.EnsembleSummary) -> None:
     print(f"selection: {entry.method}, {entry.bags} bag(s), a step kept when its gain exceeds {entry.noise_z:.4g} "
           f"bootstrap sds ({entry.resamples} resamples): median sd {_figure(entry.noise_sd)}, threshold "
           f"{_figure(entry.min_gain)}, {entry.noise_rejections} of {entry.noise_tests} steps refused as noise")
+    print(f"selection videos: {entry.sample_videos:,} of {entry.sample_of:,}; sparse GAP "
+          f"{_figure(entry.selection_gap)}, standard error {_figure(entry.selection_gap_se)} against all "
+          f"(bootstrap sd {_figure(entry.selection_gap_sd)})")
     single = entry.best_single
     print(f"best single model as shipped: trial {single.get('trial_id')}, selection GAP {_figure(single.get('gap'))}, "
           f"holdout GAP {_figure(single.get('holdout_gap'))}")
@@ -92,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         entry = run(args.run_dir, args.budget, budget_flops=args.budget_flops, output=args.output,
                     validation=args.validation, device=args.device, batch_size=args.batch_size,
-                    workers=args.workers, progress=True, log=log)
+                    workers=args.workers, progress=True, max_videos=args.max_videos or None, seed=args.seed,
+                    log=log)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -58,10 +58,14 @@ from yt8m_search.ensemble.errors import BudgetError, EnsembleError
 from yt8m_search.ensemble.scoring import TOP_K, Scorer
 from yt8m_search.metrics.holdout import holdout_mask
 
-__all__ = ["DEFAULT_BAGS", "DEFAULT_BUDGET", "Selection", "select"]
+__all__ = ["DEFAULT_BAGS", "DEFAULT_BUDGET", "DEFAULT_SAMPLE_VIDEOS", "Selection", "select"]
 
 DEFAULT_BUDGET = 10**9  # the 2nd YouTube-8M challenge's 1 GB, budgeted as 10^9 bytes (spec §8)
 DEFAULT_BAGS = 10
+# the ensemble step selects on a seeded subsample of this many selection videos when there are more
+# (``candidates.load_sample``; its GAP's standard error is reported): the time of a selection grows
+# with videos x candidates, and 64 candidates on 1.1M videos would take hours
+DEFAULT_SAMPLE_VIDEOS = 20_000
 
 
 @dataclass
@@ -93,6 +97,12 @@ class Selection:
     noise_tests: int = 0
     noise_rejections: int = 0
     single: Candidate | None = None  # the best single candidate (best_single's)
+    # the uncertainty of ``gap``: its bootstrap sd over the ``videos`` it was measured on, and its
+    # standard error as an estimate of the sparse GAP on all ``population`` selection videos (those
+    # ``videos`` a uniform subsample of them: the sd times the finite-population factor; 0 when all)
+    gap_sd: float = math.nan
+    gap_se: float = 0.0
+    population: int = 0
 
     @property
     def mixing_weights(self) -> list[float]:
@@ -180,13 +190,17 @@ def select(
     top_k: int = TOP_K,
     max_steps: int = 50,
     workers: int | None = None,
+    population: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Selection:
     """The ensemble of ``candidates`` maximising selection-part GAP with distinct members' bytes <=
     budget (and their FLOPs per video <= ``budget_flops``, when given); deterministic for a ``seed``.
 
     ``holdout_fraction``: the videos ``metrics.holdout.holdout_mask`` puts in the holdout are left out.
-    See the module doc for the algorithm. Raises BudgetError when no candidate fits the budgets.
+    ``population``: the candidates' selection videos are a uniform subsample (without replacement) of
+    this many (``candidates.load_sample``); the GAP's standard error (``gap_se``) then says how far
+    it may be from the GAP on all of them. See the module doc for the algorithm. Raises BudgetError
+    when no candidate fits the budgets.
     """
     started = time.perf_counter()
     say = log or (lambda _: None)
@@ -205,16 +219,29 @@ def select(
     try:
         noise = Bootstrap(scorer.video_positives, resamples, z, seed)
         chosen = _select(scorer, candidates, limits, noise, bags, seed, max_steps, say)
+        sd = _gap_sd(scorer, noise, candidates, chosen)
     finally:
         scorer.close()
     tests = noise.tests
+    videos = int(keep.sum())
+    population = max(int(population or 0), videos)
     return dataclasses.replace(
-        chosen, evaluations=scorer.evaluations, seconds=time.perf_counter() - started, videos=int(keep.sum()),
+        chosen, gap_sd=sd, gap_se=sd * math.sqrt(1.0 - videos / population), population=population,
+        evaluations=scorer.evaluations, seconds=time.perf_counter() - started, videos=videos,
         holdout_fraction=float(holdout_fraction), resamples=noise.resamples, noise_z=noise.z,
         noise_sd=float(np.median([t.sd for t in tests])) if tests else math.nan,
         min_gain=float(np.median([t.threshold for t in tests])) if tests else math.nan,
         noise_tests=len(tests), noise_rejections=sum(not t.accepted for t in tests),
     )  # fmt: skip
+
+
+def _gap_sd(scorer: Scorer, noise: Bootstrap, candidates: Sequence[Candidate], chosen: Selection) -> float:
+    """The bootstrap sd of the chosen ensemble's GAP over the selection videos (NaN: one resample)."""
+    index = {id(c): j for j, c in enumerate(candidates)}
+    weights = {index[id(c)]: w for c, w in zip(chosen.members, chosen.weights)}
+    scorer.layout(weights)
+    resampled = noise.gaps(*scorer.ranked(scorer.compose(weights)))
+    return float(np.std(resampled, ddof=1)) * noise.scale if noise.resamples > 1 else math.nan
 
 
 def _select(scorer: Scorer, candidates: Sequence[Candidate], limits: _Limits, noise: Bootstrap, bags: int,

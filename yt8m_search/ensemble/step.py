@@ -7,9 +7,17 @@ videos (``metrics.holdout``). The bundle file adds a little to its members' byte
 names); when that tips it over the budget the selection runs again under the budget less that
 overhead.
 
+At scale: the trials' predictions are read one file at a time (``candidates.load_sample``), and a
+selection part larger than ``max_videos`` (``DEFAULT_SAMPLE_VIDEOS``) is selected on a seeded subsample
+of that many of its videos; the entry's ``sample_videos``/``sample_of``, ``selection_gap_sd`` and
+``selection_gap_se`` (and a note) say what the sparse ``selection_gap`` is then worth. Small sweeps are
+selected on all their videos, exactly as before.
+
 Like for like: the bundle and the best single candidate as shipped (a one-member bundle, its weights
 at the storage dtype) are scored densely in one pass over the validation data, each video counted
-in its part. The bundle's selection-part GAP is the step's ``gap``, its holdout GAP ``holdout_gap``,
+in its part, by the ``rescore`` function given (``rescoring``: in this process by default; the sweep
+passes ``yt8m_search.rescore.rescore_on_ray``, Ray Data actors on the cluster's GPUs or CPUs).
+The bundle's selection-part GAP is the step's ``gap``, its holdout GAP ``holdout_gap``,
 the selection's sparse estimate ``selection_gap``. When the bundle scores below the best single on
 the selection part, the best single alone is exported at the same path instead (with a note). The
 entry (``results.EnsembleSummary``) is returned and stored as summary.json's ``ensemble``.
@@ -22,16 +30,21 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import torch
 
 from yt8m_search import artifacts, bundle, results
 from yt8m_search.data import fs
-from yt8m_search.data.inference import DEFAULT_BATCH_SIZE, data_files, iter_batches
-from yt8m_search.ensemble.candidates import Candidate, load_candidates
+from yt8m_search.data.inference import DEFAULT_BATCH_SIZE, data_files
+from yt8m_search.ensemble.candidates import Candidate, Sample, load_sample
 from yt8m_search.ensemble.errors import BudgetError, BundleTooLargeError, EnsembleError
-from yt8m_search.ensemble.selection import DEFAULT_BUDGET, Selection, select
+from yt8m_search.ensemble.rescoring import (
+    PartMetrics,
+    Rescore,
+    RescoreJob,
+    Scored,
+    member_from_checkpoint,
+    rescore_in_driver,
+)
+from yt8m_search.ensemble.selection import DEFAULT_BUDGET, DEFAULT_SAMPLE_VIDEOS, Selection, select
 
 __all__ = ["export_bundle", "run"]
 
@@ -39,23 +52,9 @@ Log = Callable[[str], None]
 
 
 def _member(candidate: Candidate, weight: int, dtype: str) -> bundle.BundleMember:
-    """A selected candidate's weights (cast to the storage dtype as they are read), checked to come
-    from the write its predictions came from."""
-    if not candidate.checkpoint:
-        raise EnsembleError(f"trial {candidate.trial_id} has no checkpoint to export")
-    try:
-        best = artifacts.read_best(candidate.checkpoint, with_predictions=False)
-    except artifacts.ArtifactError as err:
-        raise EnsembleError(f"trial {candidate.trial_id}: {err}") from err
-    if best.meta.write_id != candidate.write_id:
-        raise EnsembleError(
-            f"trial {candidate.trial_id}: {candidate.checkpoint} was rewritten ({best.meta.write_id or 'untagged'}) "
-            f"after its predictions were read ({candidate.write_id or 'untagged'}); run the ensemble step again"
-        )
-    return bundle.BundleMember(
-        trial_id=candidate.trial_id, model=best.meta.model, hparams=dict(best.meta.hparams), weight=int(weight),
-        size_bytes=int(candidate.size_bytes), state_dict=bundle.storage_state(best.state_dict, dtype),
-    )  # fmt: skip
+    """A selected candidate's weights at the storage dtype, from the write its predictions came from."""
+    return member_from_checkpoint(candidate.trial_id, candidate.checkpoint, candidate.write_id, weight,
+                                  candidate.size_bytes, dtype)
 
 
 def export_bundle(selection: Selection, path: str, dtype: str = "bfloat16", *, budget_bytes: int | None = None) -> int:
@@ -108,14 +107,16 @@ def _settings(run_dir: str, budget: int | None, validation: str | None, budget_f
 
 
 def _select_and_export(candidates: list[Candidate], settings: _Settings, path: str, *, workers: int | None,
-                       say: Log) -> tuple[Selection, int]:
+                       sample: Sample, say: Log) -> tuple[Selection, int]:
     """Select under the budget and export; when the file's own overhead tips it over, select again
     under the budget less that overhead (three tries)."""
     budget, limit = settings.budget, settings.budget
     for attempt in range(3):
         try:
             selection = select(candidates, limit, budget_flops=settings.budget_flops,
-                               holdout_fraction=settings.holdout_fraction, workers=workers, log=say)
+                               holdout_fraction=settings.holdout_fraction, workers=workers,
+                               population=sample.selection if sample.subsampled else None,
+                               seed=sample.seed, log=say)
         except BudgetError as err:
             if limit == budget:
                 raise
@@ -142,8 +143,8 @@ def _nan(value: float) -> float:
     return float(value) if math.isfinite(float(value)) else math.nan
 
 
-def _entry(selection: Selection, parts: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]],
-           settings: _Settings, *, path: str, file_bytes: int, candidates: int, notes: list[str], seconds: float,
+def _entry(selection: Selection, parts: PartMetrics, single: PartMetrics, settings: _Settings, *, path: str,
+           file_bytes: int, candidates: int, notes: list[str], seconds: float,
            shipped_single: bool) -> results.EnsembleSummary:
     metrics, holdout = parts["selection"], parts["holdout"]
     return results.EnsembleSummary(
@@ -165,6 +166,8 @@ def _entry(selection: Selection, parts: dict[str, dict[str, Any]], single: dict[
         resamples=selection.resamples, noise_z=_nan(selection.noise_z), noise_sd=_nan(selection.noise_sd),
         min_gain=_nan(selection.min_gain), noise_tests=selection.noise_tests,
         noise_rejections=selection.noise_rejections, shipped_best_single=shipped_single,
+        selection_gap_sd=_nan(selection.gap_sd), selection_gap_se=_nan(selection.gap_se),
+        sample_videos=selection.videos, sample_of=selection.population,
     )  # fmt: skip
 
 
@@ -179,6 +182,9 @@ def run(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = False,
+    max_videos: int | None = DEFAULT_SAMPLE_VIDEOS,
+    seed: int = 0,
+    rescore: Rescore | None = None,
     log: Log | None = None,
 ) -> results.EnsembleSummary:
     """Select, export and re-score the ensemble of a finished sweep; record it in summary.json.
@@ -188,12 +194,18 @@ def run(
     (the bundle's GAP on the selection and holdout parts, from its stored weights), selection_gap,
     best_single (as shipped), hit_at_one, perr, map, size_bytes, file_bytes, budget_bytes,
     storage_dtype, path, curve, notes, flops, budget_flops, the noise figures, ...
+
+    ``max_videos``: a selection part larger than this is selected on a seeded (``seed``) subsample of
+    that many of its videos (``candidates.load_sample``; the entry's ``sample_videos``, ``sample_of``
+    and ``selection_gap_se`` say so); None: on all. ``rescore``: the dense re-score
+    (``rescoring.rescore_in_driver`` unless given, e.g. ``yt8m_search.rescore.rescore_on_ray``).
     """
     say = log or (lambda _: None)
     started = time.perf_counter()
     with _as_ensemble_errors():
         return _run(run_dir, budget, started, say, output=output, validation=validation, device=device,
-                    batch_size=batch_size, workers=workers, progress=progress, budget_flops=budget_flops)
+                    batch_size=batch_size, workers=workers, progress=progress, budget_flops=budget_flops,
+                    max_videos=max_videos, seed=seed, rescore=rescore or rescore_in_driver)
 
 
 @contextlib.contextmanager
@@ -209,16 +221,19 @@ def _as_ensemble_errors() -> Iterator[None]:
 
 
 def _run(run_dir: str, budget: int | None, started: float, say: Log, *, output: str | None, validation: str | None,
-         device: str | None, batch_size: int | None, workers: int | None, progress: bool,
-         budget_flops: int | None = None) -> results.EnsembleSummary:
+         device: str | None, batch_size: int | None, workers: int | None, progress: bool, budget_flops: int | None,
+         max_videos: int | None, seed: int, rescore: Rescore) -> results.EnsembleSummary:
     settings = _settings(run_dir, budget, validation, budget_flops)
-    candidates = load_candidates(run_dir, storage_dtype=settings.dtype)
+    candidates, sample = load_sample(run_dir, storage_dtype=settings.dtype, holdout_fraction=settings.holdout_fraction,
+                                     max_videos=max_videos, seed=seed)
     path = output or fs.join(run_dir, bundle.BUNDLE_NAME)
-    selection, file_bytes = _select_and_export(candidates, settings, path, workers=workers, say=say)
+    selection, file_bytes = _select_and_export(candidates, settings, path, workers=workers, sample=sample, say=say)
     say(f"bundle: {path}, {file_bytes:,} bytes on disk (budget {settings.budget:,})")
-    device = bundle.resolve_device(device)
-    parts, single = _score_like_for_like(selection, settings, path, device, batch_size, progress)
-    notes = [n for c in selection.members for n in c.notes]
+    job = RescoreJob(_scored(selection, settings, path), settings.validation, settings.holdout_fraction,
+                     batch_size or DEFAULT_BATCH_SIZE, device, progress)
+    scored = rescore(job, say)
+    parts, single = scored[0], scored[-1]
+    notes = [n for c in selection.members for n in c.notes] + _sample_notes(selection, sample)
     shipped_single = parts["selection"]["gap"] < single["selection"]["gap"]
     if shipped_single:
         notes.append(f"the ensemble scored {parts['selection']['gap']:.6f} on the selection part, below the best "
@@ -227,10 +242,9 @@ def _run(run_dir: str, budget: int | None, started: float, say: Log, *, output: 
         selection = selection.as_best_single()
         file_bytes = export_bundle(selection, path, settings.dtype, budget_bytes=settings.budget)
         parts = single
-    expected = len(candidates[0].video_ids)
-    scored = parts["selection"]["videos"] + parts["holdout"]["videos"]
-    if scored != expected:
-        notes.append(f"the validation data holds {scored} videos, the trials' predictions {expected}")
+    scored_videos = parts["selection"]["videos"] + parts["holdout"]["videos"]
+    if scored_videos != sample.videos:
+        notes.append(f"the validation data holds {scored_videos} videos, the trials' predictions {sample.videos}")
     entry = _entry(selection, parts, single, settings, path=path, file_bytes=file_bytes, candidates=len(candidates),
                    notes=notes, seconds=time.perf_counter() - started, shipped_single=shipped_single)
     # re-read: keep whatever else was written meanwhile
@@ -238,16 +252,20 @@ def _run(run_dir: str, budget: int | None, started: float, say: Log, *, output: 
     return entry
 
 
-def _score_like_for_like(selection: Selection, settings: _Settings, path: str, device: str, batch_size: int | None,
-                         progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The exported bundle's and the best single model's (as shipped: a one-member bundle at the
-    storage dtype) metrics per part, in one pass over the validation data."""
-    loaded = bundle.load_bundle(path, device)
-    bundles = [loaded]
-    if selection.single is not None and not (len(selection.members) == 1 and selection.members[0] is selection.single):
-        bundles.append(bundle.build_bundle([_member(selection.single, 1, settings.dtype)], settings.dtype, device))
-    batches = iter_batches(settings.validation, batch_size=batch_size or DEFAULT_BATCH_SIZE,
-                           num_classes=loaded.num_classes, progress=progress, desc="re-score",
-                           dequantize=torch.device(device).type == "cpu")
-    scored = bundle.evaluate_parts(bundles, batches, holdout_fraction=settings.holdout_fraction)
-    return scored[0], scored[-1]
+def _sample_notes(selection: Selection, sample: Sample) -> list[str]:
+    if not sample.subsampled:
+        return []
+    return [f"selected on a seeded subsample (seed {sample.seed}) of {sample.used:,} of the {sample.selection:,} "
+            f"selection videos: its sparse GAP {selection.gap:.5f} is an estimate, standard error "
+            f"{selection.gap_se:.5f} against all of them (bootstrap sd {selection.gap_sd:.5f}); the gap and "
+            "holdout_gap are dense, on every video"]
+
+
+def _scored(selection: Selection, settings: _Settings, path: str) -> tuple[Scored, ...]:
+    """The exported bundle and, unless it is that model alone, the best single candidate as shipped (a
+    one-member bundle at the storage dtype): the re-score's job, scored like for like in one pass."""
+    single = selection.single
+    if single is None or (len(selection.members) == 1 and selection.members[0] is single):
+        return (Scored(path=path),)
+    return (Scored(path=path), Scored(trial_id=single.trial_id, checkpoint=single.checkpoint,
+                                      write_id=single.write_id, size_bytes=single.size_bytes, dtype=settings.dtype))

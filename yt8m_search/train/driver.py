@@ -4,9 +4,10 @@ One worker: the loop runs in the calling process (``session.LocalSession``). Sev
 TorchTrainer runs it on every worker (DDP), and ``relay_reports`` hands each of its reports to the
 caller's thread. Either way the caller sees one report per epoch through ``report``.
 
-It lists the shards once (workers never list storage), reads the PCA eigenvalues file when the model
-whitens its input back (models take values, never paths), and resumes automatically: the run name
-is fixed, and the loop continues from the newest checkpoint in ``<storage_path>/<name>``.
+It lists the shards once per trial (workers never list storage; every epoch reads the same lists),
+reads the PCA eigenvalues file when the model whitens its input back (models take values, never
+paths), and resumes automatically: the run name is fixed, and the loop continues from the newest
+checkpoint in ``<storage_path>/<name>``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def fit(
     ``max_failures``), a TorchTrainer's workers by Train (``cfg.max_failures``).
     ``cache``: read remote shards through this node-local cache (``data.shard_cache``).
     ``hooks.on_step(epoch, step, rank)`` is called before every step (tests inject faults this way)."""
-    train_files, validation_files = _shards(train, validation)
+    train_listed, (validation_files, validation_sizes) = _shards(train, validation)
     storage_path = os.path.abspath(storage_path) if fs.is_local(storage_path) else storage_path
     loop_config = {
         "train": dataclasses.asdict(cfg),
@@ -97,25 +98,28 @@ def fit(
     if in_process:
         if cfg.num_workers != 1:
             raise ValueError(f"an in-process run has one worker, not num_workers={cfg.num_workers}")
-        history = _fit_here(cfg, loop_config, train_files, report)
+        history = _fit_here(cfg, loop_config, train_listed, validation_sizes, report)
     else:
-        history = relay_reports(lambda callback: _fit_trainer(cfg, loop_config, train_files, storage_path, name,
+        history = relay_reports(lambda callback: _fit_trainer(cfg, loop_config, train_listed, storage_path, name,
                                                               callback), report)
     if not history:
         raise RuntimeError(f"{name}: the run ended without a report")
     return TrialResult.from_report(history[-1], history)
 
 
-def _fit_here(cfg: TrainConfig, loop_config: dict[str, Any], train_files: list[str],
+def _fit_here(cfg: TrainConfig, loop_config: dict[str, Any], train: Listed, validation_sizes: list[int],
               report: Report | None) -> list[dict[str, Any]]:
     from ray.data import DataContext
 
     # this process's datasets (training and every evaluation) copy the current context when made:
     # no progress bars on a trial's stderr, which Ray forwards to the sweep's terminal
     DataContext.get_current().enable_progress_bars = False
+    # planned here, with the sizes the listing found: every epoch's evaluation (in this process) asks
+    # read_videos for these files again and gets this dataset, without a request or a plan more
+    read_videos(loop_config["validation_files"], listed=True, cache=loop_config["cache"], sizes=validation_sizes)
     session = LocalSession(
         run_dir=loop_config["run_dir"],
-        train_data=read_videos(train_files, shuffle=True, listed=True, cache=loop_config["cache"]),
+        train_data=read_videos(train[0], shuffle=True, listed=True, cache=loop_config["cache"], sizes=train[1]),
         keep=_checkpoints_kept(cfg),
         on_report=report,
         device=local_device(cfg.gpus_per_worker),
@@ -123,11 +127,11 @@ def _fit_here(cfg: TrainConfig, loop_config: dict[str, Any], train_files: list[s
     return run_loop(session, loop_config)
 
 
-def _fit_trainer(cfg: TrainConfig, loop_config: dict[str, Any], train_files: list[str], storage_path: str,
+def _fit_trainer(cfg: TrainConfig, loop_config: dict[str, Any], train: Listed, storage_path: str,
                  name: str, callback: Any) -> list[dict[str, Any]]:
     for key, value in TRAIN_ENV.items():
         os.environ.setdefault(key, value)  # a user's own setting wins
-    result = _trainer(cfg, loop_config, train_files, storage_path, name, [callback]).fit()
+    result = _trainer(cfg, loop_config, train, storage_path, name, [callback]).fit()
     if result.error is not None:
         raise result.error
     return list(result.return_value or [result.metrics])
@@ -199,18 +203,24 @@ def _eigenvalues(path: str | None) -> np.ndarray:
     return models.load_eigenvals(io.BytesIO(data), name=path)
 
 
-def _shards(train: str | Sequence[str], validation: str | Sequence[str]) -> tuple[list[str], list[str]]:
-    """The Parquet shards of both sets (ValueError naming the set and the location if there are none)."""
-    train_files = fs.list_files(train, pattern="*.parquet")
-    validation_files = fs.list_files(validation, pattern="*.parquet")
-    for role, files, where in (("training", train_files, train), ("validation", validation_files, validation)):
-        if not files:
+# Shard files and their sizes in bytes, as listed.
+Listed = tuple[list[str], list[int]]
+
+
+def _shards(train: str | Sequence[str], validation: str | Sequence[str]) -> tuple[Listed, Listed]:
+    """The Parquet shards of both sets and their sizes, listed once per trial (ValueError naming the
+    set and the location if there are none)."""
+    listed = []
+    for role, where in (("training", train), ("validation", validation)):
+        found = fs.list_sized(where, pattern="*.parquet")
+        if not found:
             raise ValueError(f"no {role} Parquet shards (*.parquet) found at {where}")
-    return train_files, validation_files
+        listed.append(([path for path, _ in found], [size for _, size in found]))
+    return listed[0], listed[1]
 
 
 def _trainer(
-    cfg: TrainConfig, loop_config: dict[str, Any], train_files: list[str], storage_path: str, name: str,
+    cfg: TrainConfig, loop_config: dict[str, Any], train: Listed, storage_path: str, name: str,
     callbacks: list[Any],
 ) -> Any:
     """The TorchTrainer of one trial (Ray is imported here: a driver-side call, made with Ray running)."""
@@ -227,7 +237,8 @@ def _trainer(
             resources_per_worker={"CPU": cfg.cpus_per_worker, **gpus},
             placement_strategy=cfg.placement_strategy,
         ),
-        datasets={"train": lambda: read_videos(train_files, shuffle=True, listed=True, cache=loop_config["cache"])},
+        datasets={"train": lambda: read_videos(train[0], shuffle=True, listed=True, cache=loop_config["cache"],
+                                               sizes=train[1])},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=name,
