@@ -56,7 +56,7 @@ def _variant(keep: int, epochs: int, cache: str) -> dict[str, Any]:
     from ray.util.state import list_workers
 
     files = _data(cache)
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
 
     @ray.remote(num_cpus=0.5)
     class Trial:

@@ -56,23 +56,36 @@ import os, sys, time
 from yt8m_search import compat
 compat.keep_idle_workers(int(sys.argv[1]))
 import ray
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 @ray.remote(num_cpus=1.5)
 class Holder:  # a trial holding CPUs, as in a local sweep: 0.5 CPU free
     def ready(self):
         return True
 
+@ray.remote(num_cpus=0)
+class Barrier:  # four tasks at once: four processes, however slowly each starts
+    def __init__(self):
+        self.arrived = 0
+    def arrive(self):
+        self.arrived += 1
+    def count(self):
+        return self.arrived
+
 @ray.remote(num_cpus=0.125)
-def pid():
-    time.sleep(0.5)
+def pid(barrier, everyone):
+    ray.get(barrier.arrive.remote())
+    deadline = time.monotonic() + 120
+    while ray.get(barrier.count.remote()) < everyone and time.monotonic() < deadline:
+        time.sleep(0.05)
     return os.getpid()
 
 holder = Holder.remote()
 ray.get(holder.ready.remote())
-first = set(ray.get([pid.remote() for _ in range(4)]))
+barrier = Barrier.remote()
+first = set(ray.get([pid.remote(barrier, 4) for _ in range(4)]))
 time.sleep(3)  # idle for longer than Ray's 1 s
-second = set(ray.get([pid.remote() for _ in range(4)]))
+second = set(ray.get([pid.remote(barrier, 8) for _ in range(4)]))
 print(len(first), len(first & second))
 """
 
