@@ -100,7 +100,7 @@ def _read(path: str, python_file: bool) -> int:
         with fs.open_input(path, seekable=True) as f:
             shard = pq.ParquetFile(f)
             return sum(shard.read_row_group(g, columns=COLUMNS).num_rows for g in range(shard.num_row_groups))
-    return sum(t.num_rows for t in _read_shards(pa.table({"path": [path]})))
+    return sum(t.num_rows for t in _read_shards(pa.table({"paths": [[path]]})))
 
 
 def bench_parquet(folder: str, repeats: int) -> None:

@@ -223,7 +223,7 @@ def test_default_codec_is_none_and_zstd_shards_still_read(tmp_path: Path, shards
     assert _codecs(new) == {"UNCOMPRESSED"} and _codecs(old) == {"ZSTD"}
     _assert_same(str(old), [shards[0]])
     assert pq.read_table(old).equals(pq.read_table(new))
-    read = [pa.concat_tables(_read_shards(pa.table({"path": [str(p)]}))) for p in (new, old)]  # memory-mapped
+    read = [pa.concat_tables(_read_shards(pa.table({"paths": [[str(p)]]}))) for p in (new, old)]  # memory-mapped
     assert read[0].equals(read[1]) and read[0].num_rows == 9
     a, b = (collate_table(t, num_classes=3862) for t in read)
     assert a.ids == b.ids and np.array_equal(a.features.numpy(), b.features.numpy())
@@ -265,5 +265,5 @@ def test_training_reader_streams_row_groups_from_s3(s3_bucket: str) -> None:
     write_frame_level(f"{s3_bucket}/rg/train0000.tfrecord", _videos(5, 7))
     convert(f"{s3_bucket}/rg", f"{s3_bucket}/rg-pq", workers=1, progress=False)
     shard = f"{s3_bucket}/rg-pq/train0000.parquet"
-    tables = list(_read_shards(pa.table({"path": [shard]})))  # Parquet needs ranged reads: a seekable file
+    tables = list(_read_shards(pa.table({"paths": [[shard]]})))  # Parquet needs ranged reads: a seekable file
     assert sum(t.num_rows for t in tables) == 7 and tables[0].column_names == list(COLUMNS)
