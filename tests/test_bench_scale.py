@@ -4,24 +4,19 @@ are printed side by side with the extrapolation."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
 from yt8m_search import ensemble
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from .conftest import benchmark_modules
 
 
 def test_bench_scale_measures_the_ensemble_selection_at_two_sizes(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        bench_scale = importlib.import_module("bench_scale")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("bench_scale") as modules:
+        bench_scale = modules["bench_scale"]
     assert bench_scale.main(["--part", "ensemble", "--videos", "400", "900", "--candidates", "3",
                              "--max-videos", "500", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -4,24 +4,18 @@ and on a local moto server) and prints its table."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from .conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_scale_driver")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("bench_scale_driver") as modules:
+        yield modules["bench_scale_driver"]
 
 
 def test_cluster_worker_cpus_follow_cluster_yaml(bench: ModuleType) -> None:

@@ -5,10 +5,8 @@ figures on hand-made epochs, and the whole benchmark on tiny sweeps)."""
 
 from __future__ import annotations
 
-import importlib
 import math
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,18 +17,13 @@ import pytest
 from yt8m_search import config
 from yt8m_search.data.prepare import DataPaths
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from .conftest import BENCHMARKS, benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[dict[str, ModuleType]]:
-    """The benchmark scripts as modules (they import each other as top-level modules, as when run)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        names = ("bench_train", "bench_gpu", "bench_baseline", "bench_search")
-        yield {name: importlib.import_module(name) for name in names}
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("bench_train", "bench_gpu", "bench_baseline", "bench_search") as modules:
+        yield modules
 
 
 def test_smoke_picks_follow_the_space_file(bench: dict[str, ModuleType]) -> None:

@@ -6,10 +6,8 @@ within it), and the dense re-score as Ray Data actors equals the one in the driv
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,18 +23,14 @@ from yt8m_search.ensemble.candidates import restrict
 from yt8m_search.ensemble.scoring import Scorer
 from yt8m_search.metrics.holdout import holdout_mask
 
+from .conftest import benchmark_modules
 from .test_ensemble import _copy_run, fake_run  # noqa: F401  (fake_run: a fixture)
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench_scale() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_scale")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_modules("bench_scale") as modules:
+        yield modules["bench_scale"]
 
 
 @pytest.fixture(scope="module")

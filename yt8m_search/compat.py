@@ -152,9 +152,11 @@ def keep_idle_workers(count: int) -> None:
 
 
 def idle_workers_kept(cpus: int) -> int:
-    """How many idle read workers a local Ray keeps: as many as 0.25-CPU read tasks fit on its CPUs
-    (``data.loading.READ_CPUS``), at most 16 (an idle worker holds about 100 MB)."""
-    return min(16, 4 * max(1, cpus))
+    """How many idle read workers a local Ray keeps: as many as read tasks fit on its CPUs
+    (``data.loading.READ_CPUS`` each), at most 16 (an idle worker holds about 100 MB)."""
+    from yt8m_search.data.loading import READ_CPUS
+
+    return min(16, round(max(1, cpus) / READ_CPUS))
 
 
 def _raylet_knows(config: str) -> bool:
