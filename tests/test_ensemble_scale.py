@@ -177,13 +177,13 @@ def test_the_step_reports_its_subsample(fake_run: Path, tmp_path: Path) -> None:
 # The dense re-score as Ray tasks
 
 
-def _assert_same_parts(ray_parts: list[dict], driver_parts: list[dict]) -> None:
+def _assert_same_parts(ray_parts: list[dict], driver_parts: list[dict], tol: float = 1e-9) -> None:
     assert len(ray_parts) == len(driver_parts)
     for got, want in zip(ray_parts, driver_parts):
         for part in ("selection", "holdout"):
             assert got[part]["videos"] == want[part]["videos"] > 0
             for name in ("gap", "hit_at_one", "perr", "map"):
-                assert got[part][name] == pytest.approx(want[part][name], abs=1e-9, rel=1e-9), (part, name)
+                assert got[part][name] == pytest.approx(want[part][name], abs=tol, rel=tol), (part, name)
 
 
 def test_the_ray_rescore_equals_the_driver_rescore(fake_run: Path, small_data: DataPaths, ray_local: None,  # noqa: F811

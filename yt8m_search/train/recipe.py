@@ -73,11 +73,16 @@ def train_step(
 def rng_state() -> dict[str, Any]:
     """Every random generator the loop draws from (checkpointed per rank, so a resumed epoch
     shuffles and drops out as the uninterrupted run would have)."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a GPU trial's dropout draws from it
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's (one per process)
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():  # restored on the GPU of the resuming process
+        torch.cuda.set_rng_state(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 
