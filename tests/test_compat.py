@@ -80,14 +80,31 @@ def pid(barrier, everyone):
         time.sleep(0.05)
     return os.getpid()
 
-holder = Holder.remote()
-ray.get(holder.ready.remote())
 barrier = Barrier.remote()
-first = set(ray.get([pid.remote(barrier, 4) for _ in range(4)]))
+if sys.argv[2] == "prestart":  # as run.py does while Tune starts: the processes the first reads take
+    from yt8m_search.data import loading
+    first = set(ray.get(loading.prestart_readers(4)))
+    holder = Holder.remote()
+else:
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
+    first = set(ray.get([pid.remote(barrier, 4) for _ in range(4)]))
+ray.get(holder.ready.remote())
 time.sleep(3)  # idle for longer than Ray's 1 s
-second = set(ray.get([pid.remote(barrier, 8) for _ in range(4)]))
+second = set(ray.get([pid.remote(barrier, 8 if sys.argv[2] != "prestart" else 4) for _ in range(4)]))
 print(len(first), len(first & second))
 """
+
+
+def _reuse(kept: int, first: str) -> tuple[int, int]:
+    """The processes of four tasks (``first``: "tasks", or "prestart": ``loading.prestart_readers``),
+    and how many of them four more tasks run in after 3 s idle."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", _REUSE, str(kept), first], capture_output=True, text=True, env=env,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    started, reused = map(int, out.stdout.split()[-2:])
+    return started, reused
 
 
 @pytest.mark.slow
@@ -95,8 +112,11 @@ def test_a_ray_told_to_keep_idle_workers_reuses_them_after_an_idle_spell() -> No
     """The raylet honours the config ``keep_idle_workers`` sets: four read-sized tasks beside a trial
     holding most CPUs run again in the same processes after 3 s idle (Ray's default keeps at most one
     idle worker per free CPU, here none, and kills the rest after 1 s)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    out = subprocess.run([sys.executable, "-c", _REUSE, "8"], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    started, reused = map(int, out.stdout.split()[-2:])
-    assert started == 4 and reused == 4, out.stdout
+    assert _reuse(8, "tasks") == (4, 4)
+
+
+@pytest.mark.slow
+def test_prestarted_readers_are_the_processes_the_first_reads_run_in() -> None:
+    """``loading.prestart_readers`` (run.py, as the local Ray starts) leaves four processes that the
+    read-sized tasks submitted later run in, however many CPUs a trial holds by then."""
+    assert _reuse(8, "prestart") == (4, 4)

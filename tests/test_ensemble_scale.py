@@ -217,3 +217,24 @@ def test_the_step_takes_the_ray_rescore(fake_run: Path, ray_local: None, tmp_pat
     compared = ("path", "seconds", "selection_seconds", "gap", "hit_at_one", "perr", "map", "best_single")
     assert {k: v for k, v in dataclasses.asdict(on_ray).items() if k not in compared} == {
         k: v for k, v in dataclasses.asdict(in_driver).items() if k not in compared}
+
+
+def test_a_sweep_rescores_on_ray_where_ray_has_somewhere_else_to_run_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from yt8m_search import run
+    from yt8m_search.rescore import rescore_on_ray
+
+    def cluster(resources: dict[str, float], nodes: int) -> None:
+        monkeypatch.setattr(ray, "is_initialized", lambda: True)
+        monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}] * nodes + [{"Alive": False}])
+
+    cluster({"CPU": 2.0}, 1)  # a local sweep: the same CPUs, without an actor's process to start
+    assert run._ray_rescore() is None
+    cluster({"CPU": 2.0, "GPU": 1.0}, 1)
+    assert run._ray_rescore() is rescore_on_ray
+    cluster({"CPU": 0.0}, 3)  # cluster.yaml's head, which advertises no CPU, and its workers
+    assert run._ray_rescore() is rescore_on_ray
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert run._ray_rescore() is None

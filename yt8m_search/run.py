@@ -29,6 +29,9 @@ from yt8m_search.data.prepare import DataPaths, synthetic_dataset
 if TYPE_CHECKING:
     from yt8m_search.ensemble import Rescore
 
+# read processes started with a local Ray, per CPU: two trials' first epochs on 2 cores run 4 read tasks
+PRESTARTED_READERS_PER_CPU = 2
+
 
 class UsageError(Exception):
     """Arguments that do not fit the run folder (exit code 2)."""
@@ -129,9 +132,10 @@ def _describe(d: config.Distribution) -> str:
     return f"[{d.low}, {d.high}]" + (" log" if d.log else "") + (f" step {d.step}" if d.step else "")
 
 
-def _init_ray() -> bool:
+def _init_ray(dashboard: bool = True) -> bool:
     """Start Ray (or join the cluster of ``ray job submit``) unless it runs already; True when this
-    call started it."""
+    call started it. ``dashboard``: a local Ray with its dashboard, whose state API Train V2 queries
+    (multi-worker trials); without it a local Ray starts 3 s sooner and leaves the trials its CPU."""
     import ray  # lazy: see the module docstring
 
     if ray.is_initialized():
@@ -144,6 +148,7 @@ def _init_ray() -> bool:
         ray.init(runtime_env={"env_vars": env}, log_to_driver=False)  # a cluster's workers stay in their own logs
     else:
         from yt8m_search import compat
+        from yt8m_search.data import loading
         from yt8m_search.train import LOCAL_TRAIN_ENV
 
         env.update({k: os.environ.get(k, v) for k, v in LOCAL_TRAIN_ENV.items()})
@@ -153,8 +158,10 @@ def _init_ray() -> bool:
         # the read tasks' processes outlive an epoch: Ray would keep one idle worker per free CPU, and the
         # trials hold CPUs (benchmarks/bench_worker_reuse.py)
         compat.keep_idle_workers(compat.idle_workers_kept(os.cpu_count() or 1))
-        ray.init(num_cpus=os.cpu_count(), log_to_driver=True,  # the dashboard serves the state API Train V2 needs
+        ray.init(num_cpus=os.cpu_count(), log_to_driver=True, include_dashboard=dashboard,
                  runtime_env={"env_vars": env})
+        # while Tune and the first trials start: the read processes of the trials' first epoch
+        loading.prestart_readers(PRESTARTED_READERS_PER_CPU * (os.cpu_count() or 1))
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -211,7 +218,7 @@ def sweep(spec: config.Spec, run_dir: str, resume: bool, overrides: Sequence[str
         os.environ["WANDB_MODE"] = "offline"  # before Ray starts, so the logging actors inherit it
     with logs.to_file(log_path(spec, run_dir)) as log:
         logs.say(f"sweep {spec.name}: {spec.search.num_samples} trials -> {run_dir} (Ray, W&B, Optuna log to {log})")
-        started = _init_ray()
+        started = _init_ray(dashboard=spec.trial.num_workers > 1)  # one-worker trials never use Train
         try:
             return _sweep_and_report(spec, data, run_dir, resume)
         finally:
@@ -256,9 +263,14 @@ def _ensemble(run_dir: str) -> results.EnsembleSummary | results.EnsembleFailure
 
 
 def _ray_rescore() -> Rescore | None:
-    """The dense re-score on the Ray cluster when Ray is up (the sweep's), else None: in this process."""
+    """The dense re-score on the Ray cluster when Ray is up (the sweep's) and has somewhere else to run
+    it: GPUs, or more than one node. Else None, in this process: a one-node Ray without GPUs (a local
+    sweep) would run it on the same CPUs after starting an actor's process (the smoke sweep: 16 s
+    on Ray, 3 s here)."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
+        return None
+    if not ray.cluster_resources().get("GPU") and len([n for n in ray.nodes() if n.get("Alive")]) < 2:
         return None
     from yt8m_search.rescore import rescore_on_ray  # lazy: see the module docstring
 
