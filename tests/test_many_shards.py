@@ -104,10 +104,12 @@ def test_big_shards_are_read_one_per_task() -> None:
 
 @pytest.mark.slow
 def test_a_trial_lists_and_plans_its_shards_once_for_all_epochs(
-        ray_local: None, many_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray.data
 
-    validation = tmp_path / "validation"
+    # how often, not how fast (the tests above): 320 shards, ten times the fewest read tasks
+    many_shards, validation = tmp_path / "train", tmp_path / "validation"
+    write_tiny_shards(many_shards, 10 * loading.MIN_TASKS)
     write_tiny_shards(validation, 64, seed=1)
     listings = _counted(monkeypatch, fs, "list_sized")
     plans = _counted(monkeypatch, ray.data, "from_items")

@@ -142,6 +142,22 @@ def test_a_restored_searcher_appends_to_the_same_journal(tmp_path: Path, how: st
         assert t1.state == OptunaState.RUNNING  # still held: told later
 
 
+def test_trials_still_running_when_the_sweep_is_over_are_told_fail(tmp_path: Path) -> None:
+    """A trial that the restored searcher holds but the restored Tune state lacks (an s3:// run
+    folder's searcher checkpoint reached storage before the trials' state) is told by no one: once
+    every Tune trial has ended, ``run_sweep`` tells it FAIL, and nothing else."""
+    spec = config.load(SMOKE)
+    journal = tmp_path / "optuna.journal"
+    searcher, configs = _sweep(spec, journal, trials=2)
+    searcher.on_trial_complete("t0", _train(searcher, "t0", [0.1, 0.2, 0.3]))
+    assert search.fail_unfinished(spec, str(journal)) == [configs["t1"]["number"]]
+    study = _read(journal)
+    assert study.trials[configs["t1"]["number"]].state == OptunaState.FAIL
+    assert study.trials[configs["t0"]["number"]].state == OptunaState.COMPLETE
+    assert search.fail_unfinished(spec, str(journal)) == []
+    assert search.fail_unfinished(spec, str(tmp_path / "none.journal")) == []
+
+
 def test_a_new_sweep_never_continues_a_stale_journal(tmp_path: Path) -> None:
     spec = config.load(SMOKE)
     run_dir = str(tmp_path / "run")

@@ -35,7 +35,14 @@ from yt8m_search.search.space import (
     model_of,
     sample,
 )
-from yt8m_search.search.study import JournalSync, importances, journal_path, prepare_journal, read_study
+from yt8m_search.search.study import (
+    JournalSync,
+    fail_unfinished,
+    importances,
+    journal_path,
+    prepare_journal,
+    read_study,
+)
 from yt8m_search.search.summary import summarize
 from yt8m_search.search.trial import SweepContext, run_trial, trial_resources, trial_seed
 from yt8m_search.search.tuner import max_concurrent_trials, run_sweep, trial_row, trial_rows
@@ -51,6 +58,7 @@ __all__ = [
     "LiveView",
     "SearchSpace",
     "SweepContext",
+    "fail_unfinished",
     "importances",
     "journal_path",
     "make_sampler",

@@ -71,6 +71,20 @@ def prepare_journal(spec: Spec, run_dir: str, resume: bool) -> str:
     return path
 
 
+def fail_unfinished(spec: Spec, path: str) -> list[int]:
+    """Tell FAIL the study's trials still running once the sweep is over: asked, but no Tune trial ran
+    them to an end (one asked just before the sweep died, whose Tune trial the restored state lacks:
+    on an s3:// run folder the searcher's checkpoint can reach storage before the trials' state).
+    Nothing else would ever tell them. Returns their numbers."""
+    if not os.path.exists(path):
+        return []
+    study = optuna.load_study(study_name=spec.name, storage=journal_storage(path))
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in running:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    return running
+
+
 def upload_journal(local: str, run_dir: str) -> None:
     """Copy the local journal into a remote run folder, in one piece (nothing to do for a local one)."""
     if fs.is_local(run_dir) or not os.path.exists(local):

@@ -30,7 +30,7 @@ from yt8m_search.search.space import (
     make_searcher,
     model_of,
 )
-from yt8m_search.search.study import JournalSync, prepare_journal, upload_journal
+from yt8m_search.search.study import JournalSync, fail_unfinished, prepare_journal, upload_journal
 from yt8m_search.search.trial import SweepContext, run_trial, trial_resources, trial_seed
 
 
@@ -119,6 +119,8 @@ def run_sweep(spec: Spec, data: DataPaths, run_dir: str, *, resume: bool = False
     else:
         tuner = _new_tuner(spec, trainable, run_dir, journal)
     results = tuner.fit()
+    if results.num_terminated + results.num_errors == len(results):  # over, not interrupted: nothing runs again
+        fail_unfinished(spec, journal)
     upload_journal(journal, run_dir)  # the last tells, whatever the callbacks last saw
     infeasible = FidelityAwareOptunaSearch.saved_infeasible(experiment)
     return trial_rows(spec, [(r.config or {}, r.metrics or {}, r.error) for r in results], infeasible)
