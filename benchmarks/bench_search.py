@@ -289,13 +289,17 @@ def init_ray(cpus: int) -> bool:
     import ray
     from ray.data import DataContext
 
+    from yt8m_search import compat
     from yt8m_search.train import LOCAL_TRAIN_ENV
 
     if ray.is_initialized():
         return False
     env = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "WANDB_SILENT": "true",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **LOCAL_TRAIN_ENV}
-    ray.init(num_cpus=cpus, configure_logging=False, log_to_driver=False, runtime_env={"env_vars": env})
+    # as run.py starts a local Ray for one-worker trials: idle read workers kept, no dashboard (no Train run)
+    compat.keep_idle_workers(compat.idle_workers_kept(cpus))
+    ray.init(num_cpus=cpus, configure_logging=False, log_to_driver=False, include_dashboard=False,
+             runtime_env={"env_vars": env})
     DataContext.get_current().enable_progress_bars = False
     return True
 
