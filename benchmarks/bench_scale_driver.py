@@ -47,6 +47,8 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from yt8m_search.data.labels import READ_THREADS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 CLASSES = 40
@@ -306,16 +308,25 @@ def _upload(folder: Path, bucket: str, prefix: str) -> None:
         list(pool.map(lambda p: client.upload_file(str(p), bucket, f"{prefix}/{p.name}"), sorted(folder.iterdir())))
 
 
-def _list_and_plan(where: str) -> tuple[float, float, float, int]:
-    """Seconds listing, seconds planning, RSS growth (MB) and read tasks for the shards at ``where``."""
-    from yt8m_search.data import fs, loading
+def _list_and_plan(where: str) -> tuple[float, float, float, int, float, float]:
+    """Seconds listing, seconds planning, RSS growth (MB) and read tasks for the shards at ``where``; then
+    seconds reading their ids and labels for the class-prior baseline, one file at a time and
+    ``READ_THREADS`` at a time."""
+    from yt8m_search.data import fs, labels, loading
 
-    before, started = rss_mb(), time.perf_counter()
+    before, began = rss_mb(), time.perf_counter()
     found = fs.list_sized(where, pattern="*.parquet")
     listed = time.perf_counter()
     files, sizes = [p for p, _ in found], [n for _, n in found]
     loading.read_videos(files, listed=True, sizes=sizes)
-    return listed - started, time.perf_counter() - listed, rss_mb() - before, len(loading.plan_tasks(files, sizes))
+    planned = time.perf_counter()
+    grown, tasks = rss_mb() - before, len(loading.plan_tasks(files, sizes))
+    read = []
+    for threads in (1, READ_THREADS):
+        started = time.perf_counter()
+        labels.read_labels(files, threads=threads)
+        read.append(time.perf_counter() - started)
+    return listed - began, planned - listed, grown, tasks, *read
 
 
 @contextlib.contextmanager
@@ -351,10 +362,12 @@ def files_part(args: argparse.Namespace) -> None:
                 rows.append(("s3 (moto)", n, *_list_and_plan(f"{s3}/shards{n}")))
             shutil.rmtree(folder)
     print(f"\nfiles ({load()}; tiny shards; planning = read_videos over the listed files)")
-    print(f"{'where':12}{'files':>7}{'list s':>9}{'plan s':>9}{'RSS +MB':>9}{'read tasks':>12}")
-    for where, n, listing, planning, grown, tasks in rows:
-        print(f"{where:12}{n:>7}{listing:>9.2f}{planning:>9.2f}{grown:>9.1f}{tasks:>12}")
-    print("(once per trial: every epoch reads the same lists and the evaluation reuses its planned dataset)")
+    print(f"{'where':12}{'files':>7}{'list s':>9}{'plan s':>9}{'RSS +MB':>9}{'read tasks':>12}"
+          f"{'labels s, 1 file':>18}{f'{READ_THREADS} at a time':>16}")
+    for where, n, listing, planning, grown, tasks, serial, threaded in rows:
+        print(f"{where:12}{n:>7}{listing:>9.2f}{planning:>9.2f}{grown:>9.1f}{tasks:>12}{serial:>18.2f}{threaded:>16.2f}")
+    print("(listing and planning: once per trial: every epoch reads the same lists and the evaluation reuses its"
+          " planned dataset; labels: once per sweep, for the class-prior baseline)")
 
 
 PARTS = {"files": files_part, "convert": conversion_part, "driver": driver_part}

@@ -43,7 +43,8 @@ def test_files_part(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     table = out[out.index("where"):].splitlines()[1:3]
     assert [line.split()[0] for line in table] == ["local", "s3"], out
-    assert all(line.split()[-1] == "12" for line in table)  # a tiny shard per read task: only 12 of them
+    assert all(line.split()[-3] == "12" for line in table)  # a tiny shard per read task: only 12 of them
+    assert all(float(seconds) > 0 for line in table for seconds in line.split()[-2:])  # labels, 1 and 16 at a time
 
 
 @pytest.mark.slow
