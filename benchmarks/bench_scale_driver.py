@@ -310,23 +310,30 @@ def _upload(folder: Path, bucket: str, prefix: str) -> None:
 
 def _list_and_plan(where: str) -> tuple[float, float, float, int, float, float]:
     """Seconds listing, seconds planning, RSS growth (MB) and read tasks for the shards at ``where``; then
-    seconds reading their ids and labels for the class-prior baseline, one file at a time and
-    ``READ_THREADS`` at a time."""
-    from yt8m_search.data import fs, labels, loading
+    ``_labels_seconds`` over them."""
+    from yt8m_search.data import fs, loading
 
-    before, began = rss_mb(), time.perf_counter()
+    before, started = rss_mb(), time.perf_counter()
     found = fs.list_sized(where, pattern="*.parquet")
     listed = time.perf_counter()
     files, sizes = [p for p, _ in found], [n for _, n in found]
     loading.read_videos(files, listed=True, sizes=sizes)
     planned = time.perf_counter()
     grown, tasks = rss_mb() - before, len(loading.plan_tasks(files, sizes))
-    read = []
+    return listed - started, planned - listed, grown, tasks, *_labels_seconds(files)
+
+
+def _labels_seconds(files: list[str]) -> list[float]:
+    """Seconds reading the ids and labels of ``files`` (the class-prior baseline's read), one file at a
+    time and ``READ_THREADS`` at a time."""
+    from yt8m_search.data.labels import read_labels
+
+    seconds = []
     for threads in (1, READ_THREADS):
         started = time.perf_counter()
-        labels.read_labels(files, threads=threads)
-        read.append(time.perf_counter() - started)
-    return listed - began, planned - listed, grown, tasks, *read
+        read_labels(files, threads=threads)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 @contextlib.contextmanager

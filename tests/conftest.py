@@ -15,8 +15,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from yt8m_search.data.parquet import FRAME_SCHEMA
 from yt8m_search.data.prepare import DataPaths, synthetic_dataset
 
 # Ray workers inherit this: without it every worker would start 2 OpenMP threads on 2 cores.
@@ -36,6 +40,21 @@ def benchmark_modules(*names: str) -> Iterator[dict[str, ModuleType]]:
         yield {name: importlib.import_module(name) for name in names}
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def write_tiny_shards(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` frame-level shards of one or two videos of two frames each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        n = 1 + i % 2
+        rows = {"id": [f"s{i:05d}v{j}" for j in range(n)], "labels": [[int(rng.integers(SMALL_CLASSES))]] * n,
+                "num_frames": [2] * n, "rgb": [rng.integers(0, 256, 2 * 1024, dtype=np.uint8).tobytes()] * n,
+                "num_audio_frames": [2] * n, "audio": [rng.integers(0, 256, 2 * 128, dtype=np.uint8).tobytes()] * n}
+        paths.append(folder / f"shard{i:05d}.parquet")
+        pq.write_table(pa.table(rows, schema=FRAME_SCHEMA), paths[-1])
+    return paths
 
 
 @pytest.fixture(scope="session")

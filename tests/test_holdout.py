@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -16,11 +15,12 @@ from yt8m_search.artifacts import Predictions
 from yt8m_search.data.batch import VideoBatch
 from yt8m_search.data.errors import CorruptRecordError
 from yt8m_search.data.labels import read_labels
-from yt8m_search.data.parquet import FRAME_SCHEMA
 from yt8m_search.metrics.baseline import class_frequencies, class_prior_gap
 from yt8m_search.metrics.holdout import holdout_mask, in_holdout
 from yt8m_search.metrics.noise import _topk_gap, gap_standard_error, video_folds
 from yt8m_search.train.evaluation import evaluate, merged_metrics, selection_gap_se
+
+from .conftest import write_tiny_shards
 
 IDS = [f"validate-{i:07d}" for i in range(4000)]
 
@@ -54,25 +54,11 @@ def test_the_class_prior_gap_is_the_metric_of_the_tiled_frequencies() -> None:
     assert math.isnan(class_prior_gap(freq, []))
 
 
-def _label_shards(folder: Path, rng: np.random.Generator, shards: int) -> tuple[list[str], list[str], list[np.ndarray]]:
-    """Parquet shards of a few one-frame videos each; their paths, and every video's id and labels in order."""
-    paths, ids, labels = [], [], []
-    for s in range(shards):
-        rows = _random_labels(rng, int(rng.integers(1, 5)), 3862)
-        names = [f"s{s}-v{i}" for i in range(len(rows))]
-        n = len(rows)
-        table = pa.table({"id": names, "labels": [r.tolist() for r in rows], "num_frames": [1] * n,
-                          "rgb": [bytes(1024)] * n, "num_audio_frames": [1] * n, "audio": [bytes(128)] * n},
-                         schema=FRAME_SCHEMA)
-        paths.append(str(folder / f"shard{s:03d}.parquet"))
-        pq.write_table(table, paths[-1])
-        ids += names
-        labels += rows
-    return paths, ids, labels
-
-
 def test_labels_are_read_in_file_order_by_many_threads_and_a_bad_file_is_named(tmp_path: Path) -> None:
-    paths, ids, labels = _label_shards(tmp_path, np.random.default_rng(2), 40)
+    paths = [str(p) for p in write_tiny_shards(tmp_path, 40)]
+    tables = [pq.read_table(p, columns=["id", "labels"]) for p in paths]
+    ids = [v for table in tables for v in table.column("id").to_pylist()]
+    labels = [np.array(x, np.int32) for table in tables for x in table.column("labels").to_pylist()]
     for threads in (1, 8):
         got_ids, got = read_labels(paths, threads=threads)
         assert got_ids == ids
@@ -80,7 +66,7 @@ def test_labels_are_read_in_file_order_by_many_threads_and_a_bad_file_is_named(t
         assert all(a.dtype == np.int32 for a in got)
     Path(paths[7]).write_bytes(b"not parquet")
     Path(paths[30]).write_bytes(b"")
-    with pytest.raises(CorruptRecordError, match=r"shard007\.parquet.*id and labels"):  # the first bad file
+    with pytest.raises(CorruptRecordError, match=r"shard00007\.parquet.*id and labels"):  # the first bad file
         read_labels(paths, threads=8)
 
 

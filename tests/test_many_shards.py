@@ -11,36 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from yt8m_search.data import fs, loading
-from yt8m_search.data.parquet import FRAME_SCHEMA
 from yt8m_search.train import TrainConfig, fit
 
-from .conftest import SMALL_CLASSES
+from .conftest import SMALL_CLASSES, write_tiny_shards
 
 SHARDS = 4000
 PLAN_SECONDS = 10.0  # generous: ~0.4 s measured on 2 cores at a load average of 15
 RSS_GROWTH_MB = 64.0  # measured: ~4 MB for 4,000 shards
 TINY = {"groups": 2, "clusters": 8, "hidden_size": 32, "gating_reduction": 4, "num_classes": SMALL_CLASSES}
-
-
-def write_tiny_shards(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """``count`` frame-level shards of one or two videos of two frames each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        n = 1 + i % 2
-        rows = {"id": [f"s{i:05d}v{j}" for j in range(n)], "labels": [[int(rng.integers(SMALL_CLASSES))]] * n,
-                "num_frames": [2] * n, "rgb": [rng.integers(0, 256, 2 * 1024, dtype=np.uint8).tobytes()] * n,
-                "num_audio_frames": [2] * n, "audio": [rng.integers(0, 256, 2 * 128, dtype=np.uint8).tobytes()] * n}
-        paths.append(folder / f"shard{i:05d}.parquet")
-        pq.write_table(pa.table(rows, schema=FRAME_SCHEMA), paths[-1])
-    return paths
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,11 @@ def read_labels(files: Sequence[str], threads: int = READ_THREADS) -> tuple[list
     such file in file order)."""
     ids: list[str] = []
     labels: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(files))))
+    try:
         tables = list(pool.map(_read_one, files))
+    finally:
+        pool.shutdown(cancel_futures=True)  # a bad file: the files not yet started are not read
     for table in tables:
         ids.extend(table.column("id").to_pylist())
         column = table.column("labels").combine_chunks()
